@@ -1,0 +1,73 @@
+"""The `flant5` command: each sub-command lives in `flant5_lib/commands/<name>.py`.
+
+A `UserError` becomes one line on stderr and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from flant5_lib import __version__
+from flant5_lib.errors import UserError
+
+# Order = order in `flant5 --help`. Each module exposes `register(subparsers)`.
+COMMAND_MODULES = [
+    "params",
+    "data",
+    "model",
+    "train",
+    "evaluate",
+    "baseline",
+    "summarize",
+    "serve",
+    "vertex",
+    "run",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other usage error
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="flant5", description="Fine-tune and serve Flan-T5 dialogue summarisers.")
+    parser.add_argument("--version", action="version", version=f"flant5 {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"flant5_lib.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"flant5_lib.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        result = args.func(args)
+    except UserError as err:
+        print(f"flant5 {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"flant5 {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""The one typed parameter model read by the CLI, the notebooks, the Vertex jobs and the server.
+
+Fields are flat (grouped by prefix) so that `papermill NB OUT -f params/x.yaml` and a notebook's
+`parameters` cell can use the very same names. YAML files hold only overrides of these defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from flant5_lib.errors import ParamsError
+
+PLACEHOLDER = "<unset>"
+
+
+class Params(BaseModel):
+    """Everything a run can change. Defaults are the classic recipe; `params/*.yaml` override them."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    # --- run ----------------------------------------------------------------------------------
+    run_dir: str = Field("runs/latest", description="Folder for everything one run writes (model, metrics, plots, index page).")
+    seed: int = Field(42, description="Seed for data generation, shuffling and weight initialisation.")
+
+    # --- data ---------------------------------------------------------------------------------
+    dataset: str = Field(
+        "synthetic",
+        description="Dataset spec: 'synthetic[:N]', a hub id (knkarthick/samsum, Samsung/samsum), a folder "
+        "(original JSON or mirror CSV layout, JSONL/parquet), a corpus.7z archive, or a gs:// folder.",
+    )
+    missing_split: Literal["error", "carve", "skip"] = Field(
+        "error",
+        description="What to do when the dataset lacks a split: 'error' stops, 'carve' takes a missing "
+        "validation (or train) split from another one, 'skip' leaves it out.",
+    )
+    carve_fraction: float = Field(0.1, gt=0, lt=1, description="Fraction taken when missing_split='carve'.")
+    max_train_samples: int | None = Field(None, ge=1, description="Use only the first N training dialogues (None: all).")
+    max_eval_samples: int | None = Field(None, ge=1, description="Use only the first N validation/test dialogues (None: all).")
+
+    # --- preprocessing (shared by training, evaluation and serving) ---------------------------
+    source_prefix: str = Field("summarize: ", description="Instruction put before every dialogue.")
+    turn_separator: str = Field(
+        " | ",
+        description="Joins the dialogue's turns. T5's SentencePiece vocabulary turns '\\n' into a plain space, "
+        "so with '\\n' turn boundaries vanish; ' | ' keeps a visible marker the model can attend to.",
+    )
+    max_source_length: int = Field(512, ge=8, description="Dialogue tokens kept (longer inputs are truncated).")
+    max_target_length: int = Field(128, ge=4, description="Summary tokens kept as training labels.")
+
+    # --- model ----------------------------------------------------------------------------------
+    model_name: str = Field(
+        "google/flan-t5-base",
+        description="Hub id (google/flan-t5-base|large|xl), a local model folder, a gs:// folder, or 'tiny' "
+        "(a tiny random Flan-T5 built offline into <run_dir>/base-model).",
+    )
+    tokenizer_name: str | None = Field(None, description="Tokenizer to use instead of the model's own (hub id or folder).")
+
+    # --- training -------------------------------------------------------------------------------
+    num_train_epochs: float = Field(5.0, gt=0, description="Passes over the training split.")
+    max_steps: int = Field(-1, description="Stop after this many optimiser steps (-1: use num_train_epochs).")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate.")
+    lr_scheduler_type: str = Field("linear", description="transformers scheduler name (linear, cosine, constant...).")
+    per_device_train_batch_size: int = Field(8, ge=1, description="Training dialogues per device per step.")
+    per_device_eval_batch_size: int = Field(16, ge=1, description="Dialogues per generation batch in evaluation.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Steps accumulated before each optimiser update.")
+    optim: Literal["auto", "adamw_torch", "adamw_torch_fused", "adafactor"] = Field(
+        "auto", description="Optimiser: 'auto' picks fused AdamW on CUDA, plain AdamW on CPU."
+    )
+    precision: Literal["auto", "bf16", "fp32", "fp16"] = Field(
+        "auto", description="'auto' = bf16 on GPUs that support it, fp32 otherwise. fp16 is refused: T5 overflows in it."
+    )
+    tf32: bool = Field(True, description="Allow TF32 matmuls on Ampere or newer GPUs.")
+    torch_compile: bool = Field(False, description="Compile the model with torch.compile.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large/xl models).")
+    group_by_length: bool = Field(True, description="Batch dialogues of similar length together (less padding).")
+    pad_to_max_length: bool = Field(False, description="Classic recipe: pad every example to max_source_length (slow; for benchmarks).")
+    logging_steps: int = Field(10, ge=1, description="Log loss every N steps (TensorBoard and trainer_state).")
+    save_steps: int = Field(200, ge=1, description="Write a checkpoint every N steps.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (oldest deleted first).")
+    eval_strategy: Literal["no", "steps", "epoch"] = Field("epoch", description="When to compute validation loss.")
+    eval_steps: int | None = Field(None, ge=1, description="With eval_strategy='steps': evaluate every N steps.")
+    resume: Literal["auto", "never"] = Field("auto", description="'auto' resumes from the newest complete checkpoint.")
+    distributed: Literal["auto", "ddp", "fsdp"] = Field("auto", description="Data-parallel engine under torchrun (fsdp for large/xl).")
+    dataloader_num_workers: int = Field(0, ge=0, description="Worker processes feeding each device.")
+    lora: bool = Field(False, description="Train LoRA adapters (PEFT) instead of all weights.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    lora_target_modules: list[str] = Field(["q", "v"], description="Module names that get adapters (T5: q, k, v, o, wi_0, wi_1, wo).")
+    lora_export: Literal["merged", "adapter"] = Field("merged", description="Save merged full weights or the adapter alone.")
+
+    # --- generation / evaluation ---------------------------------------------------------------
+    eval_split: Literal["train", "validation", "test"] = Field("test", description="Split scored by `flant5 evaluate`.")
+    num_beams: int = Field(1, ge=1, le=16, description="Beam width for generation (1 = greedy).")
+    max_new_tokens: int = Field(96, ge=1, description="Most tokens generated per summary.")
+    bootstrap_samples: int = Field(1000, ge=10, description="Resamples for the 95% ROUGE confidence intervals.")
+    baselines: list[Literal["lead3", "longest3"]] = Field(["lead3", "longest3"], description="Extractive baselines to compare with.")
+    compare_untuned: bool = Field(True, description="Also score the model before fine-tuning.")
+
+    # --- serving --------------------------------------------------------------------------------
+    serve_backend: Literal["hf", "ctranslate2"] = Field("hf", description="'hf' = transformers generate; 'ctranslate2' = int8 CTranslate2 on CPU.")
+    serve_max_instances: int = Field(64, ge=1, description="Most instances accepted in one request.")
+    serve_max_batch_size: int = Field(16, ge=1, description="Most dialogues generated together in one micro-batch.")
+    serve_max_wait_ms: float = Field(10.0, ge=0, description="Longest a request waits for others to fill a micro-batch.")
+    serve_deadline_s: float = Field(55.0, gt=0, description="Prediction deadline (Vertex cuts requests at 60 s).")
+    serve_max_new_tokens_limit: int = Field(256, ge=1, description="Upper bound on the per-request max_new_tokens parameter.")
+    serve_max_beams_limit: int = Field(8, ge=1, description="Upper bound on the per-request num_beams parameter.")
+
+    # --- Google Cloud / Vertex AI ---------------------------------------------------------------
+    vertex_mode: Literal["local", "cloud"] = Field(
+        "local", description="'local' = offline stand-ins (GCS emulator + Vertex API stand-in); 'cloud' = real Vertex AI."
+    )
+    gcp_project: str | None = Field(None, description="Google Cloud project id (cloud mode).")
+    gcp_region: str = Field("us-central1", description="Vertex AI region.")
+    staging_bucket: str | None = Field(None, description="gs://bucket[/prefix] for packages, models and outputs (cloud mode).")
+    service_account: str | None = Field(None, description="Service account the training job and endpoint run as.")
+    tensorboard_resource: str | None = Field(None, description="Vertex AI TensorBoard instance resource name.")
+    vertex_api_endpoint: str | None = Field(None, description="Override the Vertex AI API endpoint (set by local-stack).")
+    train_machine_type: str = Field("a2-highgpu-1g", description="Training VM (a2-highgpu-1g = 1 x A100 40 GB).")
+    train_accelerator_type: str = Field("NVIDIA_TESLA_A100", description="Training GPU type.")
+    train_accelerator_count: int = Field(1, ge=0, description="GPUs per training replica.")
+    train_replica_count: int = Field(1, ge=1, description="Training replicas (>1 = multi-node torchrun).")
+    train_spot: bool = Field(False, description="Use Spot VMs for training (cheaper, may be preempted; checkpoints resume).")
+    train_container_uri: str = Field(
+        "us-docker.pkg.dev/vertex-ai/training/pytorch-gpu.2-4.py310:latest",
+        description="Training image (a prebuilt PyTorch image, or one built from the project's training Dockerfile).",
+    )
+    serving_container_uri: str | None = Field(None, description="Serving image built from serving/Dockerfile (Artifact Registry URI).")
+    train_display_name: str = Field("flan-t5-samsum-train", description="Vertex training job name.")
+    model_display_name: str = Field("flan-t5-samsum", description="Model Registry display name.")
+    endpoint_display_name: str = Field("flan-t5-samsum-endpoint", description="Endpoint display name.")
+    deploy_machine_type: str = Field("n1-standard-4", description="Serving VM type.")
+    deploy_accelerator_type: str | None = Field(None, description="Serving GPU type (None = CPU).")
+    deploy_accelerator_count: int = Field(0, ge=0, description="GPUs per serving replica.")
+    deploy_min_replicas: int = Field(1, ge=1, description="Minimum serving replicas.")
+    deploy_max_replicas: int = Field(1, ge=1, description="Maximum serving replicas (autoscaling).")
+    cleanup: bool = Field(False, description="Notebook 05: undeploy and delete the endpoint and model at the end.")
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Params:
+        problems: list[str] = []
+        if self.precision == "fp16":
+            problems.append("precision: fp16 overflows in T5 (NaN losses); use 'bf16' or 'fp32'")
+        if self.eval_strategy == "steps" and self.eval_steps is None:
+            problems.append("eval_steps: required when eval_strategy is 'steps'")
+        if self.deploy_max_replicas < self.deploy_min_replicas:
+            problems.append("deploy_max_replicas: must be >= deploy_min_replicas")
+        if self.staging_bucket is not None and not self.staging_bucket.startswith("gs://"):
+            problems.append(f"staging_bucket: {self.staging_bucket!r} must start with gs://")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def with_overrides(self, **overrides: Any) -> Params:
+        """Return a validated copy with some fields changed."""
+        return build_params({**self.model_dump(exclude_unset=True), **overrides}, source="overrides")
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "params"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `flant5 params list` shows every field)"
+        parts.append(f"{loc}: {msg}" if loc != "params" else msg)
+    return f"{source}: " + "; ".join(parts)
+
+
+def build_params(values: dict[str, Any], source: str = "params") -> Params:
+    """Validate a flat dict of overrides; every problem is named in one `ParamsError`."""
+    try:
+        return Params(**values)
+    except ValidationError as err:
+        raise ParamsError(_format_validation_error(err, source)) from None
+
+
+def read_params_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML file of overrides (no validation)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ParamsError(f"{p}: params file not found (see params/ for examples)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{p}:{where} not valid YAML ({getattr(err, 'problem', err)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{p}: must be a mapping of field: value, got {type(data).__name__}")
+    return data
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    """Parse `--set key=value` items; values are YAML scalars (so 1e-4, true, null work)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ParamsError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def load_params(
+    path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
+) -> Params:
+    """Defaults, then the YAML file, then explicit overrides (CLI `--set` or notebook parameters)."""
+    values: dict[str, Any] = {}
+    source = "params"
+    if path is not None:
+        values.update(read_params_file(path))
+        source = str(path)
+    values.update(overrides or {})
+    return build_params(values, source=source)
+
+
+def params_from_namespace(namespace: dict[str, Any], params_file: str | None = None) -> Params:
+    """Build `Params` from a notebook's globals: the names that are fields of `Params` are used.
+
+    This is how a notebook turns its papermill-injected `parameters` into the typed model.
+    """
+    picked = {k: v for k, v in namespace.items() if k in Params.model_fields}
+    return load_params(params_file, picked)
+
+
+def describe_fields() -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) for every field: for `flant5 params list` and the README."""
+    rows = []
+    for name, f in Params.model_fields.items():
+        ann = getattr(f.annotation, "__name__", None) if isinstance(f.annotation, type) else None
+        ann = ann or str(f.annotation).replace("typing.", "")
+        rows.append((name, ann, f.default, f.description or ""))
+    return rows
+
+
+def save_params(params: Params, path: str | os.PathLike[str]) -> Path:
+    """Write the fully resolved parameters next to a model, so a run can be reproduced."""
+    from flant5_lib.fileio import write_text
+
+    return write_text(path, yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
