@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flant5_lib.errors import ParamsError
 
@@ -143,11 +143,16 @@ class Params(BaseModel):
     deploy_max_replicas: int = Field(1, ge=1, description="Maximum serving replicas (autoscaling).")
     cleanup: bool = Field(False, description="Notebook 05: undeploy and delete the endpoint and model at the end.")
 
+    @field_validator("precision")
+    @classmethod
+    def _no_fp16(cls, value: str) -> str:
+        if value == "fp16":
+            raise ValueError("fp16 overflows in T5 (NaN losses); use 'bf16' or 'fp32'")
+        return value
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Params:
         problems: list[str] = []
-        if self.precision == "fp16":
-            problems.append("precision: fp16 overflows in T5 (NaN losses); use 'bf16' or 'fp32'")
         if self.eval_strategy == "steps" and self.eval_steps is None:
             problems.append("eval_steps: required when eval_strategy is 'steps'")
         if self.deploy_max_replicas < self.deploy_min_replicas:

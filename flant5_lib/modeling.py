@@ -1,0 +1,199 @@
+"""Load any seq2seq checkpoint (hub id, folder, gs://) or build a tiny Flan-T5-family model offline.
+
+Weights are read and written as safetensors only: a pickle in a model folder can run code on load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flant5_lib.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from flant5_lib.config import Params
+
+log = logging.getLogger(__name__)
+
+# Flan-T5 is T5 v1.1: gated-GELU feed-forward, no decoder-output scaling (transformers 5 derives that from
+# tie_word_embeddings=False in the config), dropout off for the tiny models.
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=128, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4),
+    "small": dict(d_model=256, d_kv=32, d_ff=512, num_layers=4, num_decoder_layers=4, num_heads=8),
+    # google/flan-t5-base's shape (about 248M parameters), random weights: for benchmarks.
+    "base-arch": dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12),
+}
+TINY_VOCAB_SIZE = 4000
+SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5: pad doubles as decoder start
+
+
+def pick_device() -> torch.device:
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizerBase:
+    """A Unigram tokenizer like T5's (Metaspace pre-tokenizer, EOS appended), trained on `texts`."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(r"\s+", " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, unk_token="<unk>")
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=512
+    )
+
+
+def build_tiny_model(
+    out_dir: str | os.PathLike[str], *, tokenizer_dir: str | None = None, seed: int = 0, size: str = "tiny"
+) -> Path:
+    """A randomly initialised T5 v1.1 (gated-gelu) plus tokenizer, saved in the normal HF layout.
+
+    Without `tokenizer_dir` the tokenizer is trained here on synthetic dialogues, so no network is needed.
+    """
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, T5Config, T5ForConditionalGeneration
+
+    if size not in ARCHITECTURES:
+        raise ModelError(f"size {size!r}: choose one of {', '.join(ARCHITECTURES)}")
+    if tokenizer_dir:
+        tokenizer = _load_tokenizer(tokenizer_dir)
+    else:
+        from flant5_lib.synthetic import generate_records
+
+        rows = generate_records(3000, seed=seed)
+        texts = [r["dialogue"] for r in rows] + [r["summary"] for r in rows] + ["summarize: | "] * 50
+        tokenizer = train_tokenizer(texts)
+    torch.manual_seed(seed)
+    vocab = len(tokenizer)
+    if size == "base-arch":
+        vocab = max(vocab, 32128)  # flan-t5-base pads its embedding to 32128
+    config = T5Config(
+        vocab_size=vocab,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        dropout_rate=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+        **ARCHITECTURES[size],
+    )
+    model = T5ForConditionalGeneration(config)
+    with torch.no_grad():
+        # Embeddings are tied in transformers 5, so with a random pad row the decoder (which starts from <pad>)
+        # would echo <pad> forever and every untrained summary would be empty. A zero pad row, as nn.Embedding's
+        # padding_idx would give, makes the untrained model emit varied tokens that tests can compare.
+        model.shared.weight[config.pad_token_id].zero_()
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=config.decoder_start_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+    )
+    out = save_model(model, tokenizer, out_dir)
+    log.info("built %s T5 (%.1fM parameters, vocab %d) in %s", size, model.num_parameters() / 1e6, vocab, out)
+    return out
+
+
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike[str], params: Params | None = None
+) -> Path:
+    """Weights (safetensors), tokenizer, generation config and resolved params, written atomically."""
+    from flant5_lib.config import save_params
+    from flant5_lib.fileio import atomic_path
+
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if params is not None:
+            save_params(params, Path(tmp) / "flant5_params.yaml")
+    return Path(out_dir)
+
+
+def _load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except Exception as err:
+        raise ModelError(f"tokenizer {name_or_path!r}: cannot be loaded ({type(err).__name__}: {err})".split("\n")[0]) from None
+
+
+def resolve_model_path(params: Params, name: str | None = None) -> str:
+    """Turn the `model_name` spec into something `from_pretrained` can open.
+
+    'tiny' builds (once) a tiny random model into <run_dir>/base-model; gs:// folders are downloaded.
+    """
+    name = name or params.model_name
+    if name == "tiny":
+        target = Path(params.run_dir) / "base-model"
+        if not (target / "config.json").is_file():
+            build_tiny_model(target, tokenizer_dir=params.tokenizer_name, seed=params.seed)
+        return str(target)
+    if name.startswith("gs://"):
+        from flant5_lib import storage
+
+        local = Path(tempfile.mkdtemp(prefix="flant5-model-")) / "model"
+        storage.download_dir(name, local)
+        return str(local)
+    return name
+
+
+def load_model_and_tokenizer(
+    name_or_path: str, tokenizer_name: str | None = None, device: torch.device | str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A seq2seq model and its tokenizer; safetensors weights only; LoRA adapter folders are merged on load."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    path = Path(name_or_path)
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"{path}: a model is a folder with config.json and model.safetensors")
+        if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            return _load_adapter(path, tokenizer_name, device)
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: no config.json; is this a model folder? (build one with `flant5 model init-tiny`)")
+        if not any(path.glob("*.safetensors")):
+            raise ModelError(f"{path}: no .safetensors weights; only safetensors are loaded (re-save with safe_serialization=True)")
+    elif name_or_path.startswith((".", "/", "~")):
+        raise ModelError(f"{name_or_path}: no such model folder")
+    try:
+        model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, use_safetensors=True)
+    except OSError as err:
+        raise ModelError(
+            f"model {name_or_path!r}: cannot be loaded ({str(err).splitlines()[0]}); check the hub id and network, or use a "
+            "local folder / 'tiny'"
+        ) from None
+    tokenizer = _load_tokenizer(tokenizer_name or name_or_path)
+    model.to(device or pick_device())
+    model.eval()
+    return model, tokenizer
+
+
+def _load_adapter(
+    path: Path, tokenizer_name: str | None, device: torch.device | str | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """An adapter-only export: load its base model, apply the adapter and merge it for fast inference."""
+    import json
+
+    from peft import PeftModel
+
+    base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    model, tokenizer = load_model_and_tokenizer(base, tokenizer_name or (str(path) if (path / "tokenizer_config.json").is_file() else None), "cpu")
+    model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    model.to(device or pick_device())
+    model.eval()
+    return model, tokenizer

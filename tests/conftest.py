@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny model built once per session, the real SAMSum folder, free ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FLANT5_SHARED", REPO.parent / "shared"))
+SAMSUM_DIR = SHARED / "data" / "samsum"
+T5_TOKENIZER_DIR = SHARED / "tokenizers" / "t5"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Flan-T5-family model with a locally trained tokenizer (read-only: copy before changing it)."""
+    from flant5_lib.modeling import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def samsum_dir() -> Path:
+    if not (SAMSUM_DIR / "original" / "test.json").is_file():
+        pytest.skip(f"real SAMSum splits not found in {SAMSUM_DIR} (they live in ../shared beside the checkout)")
+    return SAMSUM_DIR
+
+
+@pytest.fixture(scope="session")
+def t5_tokenizer_dir() -> Path:
+    if not (T5_TOKENIZER_DIR / "tokenizer.json").is_file():
+        pytest.skip(f"T5 vocabulary not found in {T5_TOKENIZER_DIR}")
+    return T5_TOKENIZER_DIR
