@@ -106,6 +106,11 @@ class Params(BaseModel):
 
     # --- serving --------------------------------------------------------------------------------
     serve_backend: Literal["hf", "ctranslate2"] = Field("hf", description="'hf' = transformers generate; 'ctranslate2' = int8 CTranslate2 on CPU.")
+    serve_ct2_compute_type: Literal["int8", "int8_float32", "float32"] = Field(
+        "int8", description="CTranslate2 weights/compute type (the converted model is cached as <model>/ct2-<type>)."
+    )
+    serve_threads: int = Field(0, ge=0, description="CPU threads per generate call (torch and CTranslate2); 0 = one per core. "
+        "Use 1 on a shared, oversubscribed machine: busy OpenMP threads thrash there.")
     serve_max_instances: int = Field(64, ge=1, description="Most instances accepted in one request.")
     serve_max_batch_size: int = Field(16, ge=1, description="Most dialogues generated together in one micro-batch.")
     serve_max_wait_ms: float = Field(10.0, ge=0, description="Longest a request waits for others to fill a micro-batch.")
@@ -142,6 +147,35 @@ class Params(BaseModel):
     deploy_min_replicas: int = Field(1, ge=1, description="Minimum serving replicas.")
     deploy_max_replicas: int = Field(1, ge=1, description="Maximum serving replicas (autoscaling).")
     cleanup: bool = Field(False, description="Notebook 05: undeploy and delete the endpoint and model at the end.")
+    train_preset: str | None = Field(
+        None, description="Named machine preset (`flant5 vertex presets`); sets machine, accelerator, count and replicas."
+    )
+    train_job_kind: Literal["script", "container"] = Field(
+        "script",
+        description="'script' = CustomTrainingJob on the prebuilt PyTorch image (installs the project at start); "
+        "'container' = CustomContainerTrainingJob on an image built from training/Dockerfile (train_container_uri).",
+    )
+    train_requirements: list[str] | None = Field(
+        None, description="pip requirements for 'script' jobs (None: the project's own dependencies minus torch)."
+    )
+    train_output_dir: str | None = Field(
+        None, description="gs:// base_output_dir of the training job (None: <staging_bucket>/runs/<train_display_name>)."
+    )
+    model_artifact_uri: str | None = Field(
+        None, description="gs:// model folder for `vertex upload` (None: <train_output_dir>/model, where training writes it)."
+    )
+    serving_port: int = Field(8080, ge=1, le=65535, description="Port the serving container listens on (AIP_HTTP_PORT).")
+    serving_predict_route: str = Field("/predict", description="Serving container predict route (AIP_PREDICT_ROUTE).")
+    serving_health_route: str = Field("/health", description="Serving container health route (AIP_HEALTH_ROUTE).")
+    deploy_traffic_percentage: int = Field(100, ge=0, le=100, description="Share of endpoint traffic sent to the new deployment.")
+    vertex_request_timeout_s: float = Field(1800.0, gt=0, description="Timeout for long Vertex requests (deploy, upload).")
+    predict_timeout_s: float = Field(60.0, gt=0, description="Client timeout of one endpoint prediction request.")
+    batch_machine_type: str = Field("n1-standard-4", description="Batch prediction VM type.")
+    batch_accelerator_type: str | None = Field(None, description="Batch prediction GPU type (None = CPU).")
+    batch_accelerator_count: int = Field(0, ge=0, description="GPUs per batch prediction replica.")
+    batch_replica_count: int = Field(1, ge=1, description="Batch prediction replicas.")
+    batch_display_name: str = Field("flan-t5-samsum-batch", description="Batch prediction job name.")
+    artifacts_local_dir: str = Field("serving/model", description="Local folder `vertex artifacts download` fills (the server's default model).")
 
     @field_validator("precision")
     @classmethod

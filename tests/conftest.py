@@ -32,6 +32,24 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gcs_emulator():
+    """A real gcp-storage-emulator on 127.0.0.1 (random port, in memory); STORAGE_EMULATOR_HOST points at it."""
+    from flant5_lib.localstack.emulator import start_gcs_emulator
+
+    emu = start_gcs_emulator()
+    old = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = emu.url
+    try:
+        yield emu.url
+    finally:
+        emu.stop()
+        if old is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = old
+
+
+@pytest.fixture(scope="session")
 def samsum_dir() -> Path:
     if not (SAMSUM_DIR / "original" / "test.json").is_file():
         pytest.skip(f"real SAMSum splits not found in {SAMSUM_DIR} (they live in ../shared beside the checkout)")

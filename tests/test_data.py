@@ -176,3 +176,14 @@ def test_read_dialogues_file_without_summaries(tmp_path):
     ]
     with pytest.raises(DataError, match="file not found"):
         read_dialogues_file(tmp_path / "missing.csv")
+
+
+def test_gcs_folder_through_the_emulator(gcs_emulator, tmp_path, records):
+    from flant5_lib import storage
+
+    folder = _write_original(tmp_path / "up", {"train": records[:10], "validation": records[10:20], "test": records[20:]})
+    storage.ensure_bucket("gs://data-bucket")
+    storage.upload_dir(folder, "gs://data-bucket/samsum")
+    dd = load_splits("gs://data-bucket/samsum")
+    assert {k: len(v) for k, v in dd.items()} == {"train": 10, "validation": 10, "test": 10}
+    assert dd["test"]["id"] == [r["id"] for r in records[20:]]

@@ -1,0 +1,311 @@
+"""`flant5 vertex ...`: train, upload, deploy, predict, batch, artifacts, cleanup, estimate, local-stack.
+
+Every command reads the typed Params (--params FILE, --set k=v, and --local-stack STATE.json from
+`flant5 vertex local-stack`). `--dry-run` prints the exact request as JSON and sends nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from flant5_lib.config import Params, load_params, parse_set
+from flant5_lib.errors import CloudError
+
+
+def _common(p: argparse.ArgumentParser, dry_run: bool = True) -> None:
+    p.add_argument("--params", help="YAML params file (e.g. params/vertex.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (repeatable)")
+    p.add_argument("--local-stack", metavar="STATE", help="state file of `flant5 vertex local-stack` (offline stand-ins)")
+    if dry_run:
+        p.add_argument("--dry-run", action="store_true", help="print the request as JSON and send nothing")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    v = sub.add_parser("vertex", help="train, deploy and call the model on Vertex AI (or the offline stand-in)")
+    vs = v.add_subparsers(dest="vertex_command", metavar="ACTION", parser_class=type(v))
+    vs.required = True
+
+    p = vs.add_parser("train", help="launch the training job (prints the cost estimate first)")
+    _common(p)
+    p.add_argument("--prices", help="price table (default params/prices.yaml)")
+    p.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
+    p.set_defaults(func=_train)
+
+    p = vs.add_parser("upload", help="register a gs:// model folder with the serving container")
+    _common(p)
+    p.add_argument("--artifact-uri", help="gs:// model folder (default: model_artifact_uri / the training output)")
+    p.set_defaults(func=_upload)
+
+    p = vs.add_parser("deploy", help="create the endpoint if needed and deploy the newest model to it")
+    _common(p)
+    p.add_argument("--model", help="model resource name (default: newest model named model_display_name)")
+    p.set_defaults(func=_deploy)
+
+    p = vs.add_parser("predict", help="summarise dialogues with the deployed endpoint; prints the curl equivalent")
+    _common(p)
+    p.add_argument("--endpoint", help="endpoint resource name (default: the one named endpoint_display_name)")
+    p.add_argument("--dialogue", action="append", default=[], help="a dialogue (repeatable; use \\n between turns)")
+    p.add_argument("--file", help="JSONL/CSV/JSON file with a 'dialogue' column")
+    p.set_defaults(func=_predict)
+
+    p = vs.add_parser("batch", help="batch prediction over a gs:// JSONL file of dialogues")
+    _common(p)
+    p.add_argument("--input", required=True, help="gs://.../dialogues.jsonl ({\"dialogue\": ...} per line)")
+    p.add_argument("--output", required=True, help="gs:// folder for the results")
+    p.add_argument("--model", help="model resource name (default: newest model named model_display_name)")
+    p.set_defaults(func=_batch)
+
+    p = vs.add_parser("artifacts", help="download a trained model from gs:// to the serving folder, or upload one")
+    _common(p)
+    p.add_argument("direction", choices=["download", "upload"])
+    p.add_argument("--uri", help="gs:// model folder (default: model_artifact_uri / the training output)")
+    p.add_argument("--local", help="local folder (default: artifacts_local_dir = serving/model)")
+    p.set_defaults(func=_artifacts)
+
+    p = vs.add_parser("cleanup", help="undeploy, delete the endpoint and the model (safe to repeat)")
+    _common(p)
+    p.set_defaults(func=_cleanup)
+
+    p = vs.add_parser("estimate", help="expected cost and duration of the training job")
+    _common(p, dry_run=False)
+    p.add_argument("--prices", help="price table (default params/prices.yaml)")
+    p.add_argument("--samples", type=int, help="training dialogues (default: counted or looked up)")
+    p.set_defaults(func=_estimate)
+
+    p = vs.add_parser("presets", help="list the training machine presets (train_preset)")
+    p.set_defaults(func=_presets)
+
+    p = vs.add_parser("local-stack", help="run the GCS emulator and the Vertex AI stand-in on 127.0.0.1 until Ctrl-C")
+    p.add_argument("--workdir", default="runs/localstack", help="folder for emulated buckets, job folders and logs")
+    p.add_argument("--port", type=int, help="Vertex stand-in port (default: a free one)")
+    p.add_argument("--gcs-port", type=int, help="GCS emulator port (default: a free one)")
+    p.add_argument("--state-file", help="also write the settings to this JSON file (removed on exit)")
+    p.set_defaults(func=_local_stack)
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def _params(args: argparse.Namespace) -> Params:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "local_stack", None):
+        from flant5_lib.localstack import load_state
+
+        state = load_state(args.local_stack)
+        os.environ.update(state["env"])
+        overrides.update(state["params"])
+    overrides.update(parse_set(args.set))
+    return load_params(args.params, overrides)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+def _call(action: str, fn: Any, *a: Any, **kw: Any) -> Any:
+    """Run an SDK call; API errors become one CloudError line naming what to check."""
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
+
+    from flant5_lib.vertex import explain_api_error
+
+    try:
+        return fn(*a, **kw)
+    except (gexc.GoogleAPIError, auth_exc.GoogleAuthError, RuntimeError) as err:
+        raise explain_api_error(err, action) from None
+
+
+# --- commands ------------------------------------------------------------------------------------------------
+
+
+def _train(args: argparse.Namespace) -> int:
+    from flant5_lib import vertex, vertex_estimate, vertex_jobs
+
+    params = vertex.resolve(_params(args))
+    vertex.check_params(params, dry_run=args.dry_run, train=True)
+    try:
+        est: dict[str, Any] | str = vertex_estimate.estimate(params, vertex_estimate.load_prices(args.prices))
+    except CloudError as err:
+        est = f"no estimate: {err}"
+    if args.dry_run:
+        _print_json({**vertex.training_request(params), "estimate": est})
+        return 0
+    print(vertex_estimate.format_estimate(est) if isinstance(est, dict) else est, file=sys.stderr)
+    job, model = _call("vertex train", vertex_jobs.run_training, params, wait=not args.no_wait)
+    out = {"training_pipeline": job.resource_name, "state": job.state.name,
+           "output_dir": vertex.train_output_dir(params), "model": getattr(model, "resource_name", None)}
+    _print_json(out)
+    return 0
+
+
+def _upload(args: argparse.Namespace) -> int:
+    from flant5_lib import vertex, vertex_jobs
+
+    params = _params(args)
+    if args.dry_run:
+        vertex.check_params(params, dry_run=True)
+        _print_json(vertex.upload_request(params, args.artifact_uri))
+        return 0
+    model = _call("vertex upload", vertex_jobs.upload_model, params, args.artifact_uri)
+    _print_json({"model": model.resource_name, "artifact_uri": model.uri})
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from flant5_lib import vertex, vertex_jobs
+
+    params = _params(args)
+    if args.dry_run:
+        vertex.check_params(params, dry_run=True, deploy=True)
+        _print_json(vertex.deploy_request(params, model=args.model or "<newest model named "
+                                          f"{params.model_display_name}>"))
+        return 0
+    vertex.check_params(params, deploy=True)
+    model = _call("vertex deploy", vertex_jobs.latest_model, params, args.model)
+    endpoint = _call("vertex deploy", vertex_jobs.deploy_model, params, model)
+    _print_json({"endpoint": endpoint.resource_name, "model": model.resource_name,
+                 "traffic_split": dict(endpoint.traffic_split)})
+    return 0
+
+
+def _dialogues(args: argparse.Namespace) -> list[str]:
+    texts = [d.replace("\\n", "\n") for d in args.dialogue]
+    if args.file:
+        from flant5_lib.data import read_dialogues_file
+
+        texts += [r["dialogue"] for r in read_dialogues_file(args.file)]
+    if not texts:
+        raise CloudError("predict: no dialogues; pass --dialogue 'A: hi\\nB: hello' or --file dialogues.jsonl")
+    return texts
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from flant5_lib import vertex, vertex_jobs
+
+    params = _params(args)
+    dialogues = _dialogues(args)
+    instances = [{"dialogue": d} for d in dialogues]
+    if args.dry_run:
+        vertex.check_params(params, dry_run=True)
+        req = vertex.predict_request(params, instances, args.endpoint or "<endpoint id>")
+        _print_json({**req, "curl": vertex.curl_command(req)})
+        return 0
+    vertex.check_params(params, need=("gcp_project", "gcp_region"))
+    endpoint = _call("vertex predict", vertex_jobs.get_endpoint, params, args.endpoint)
+    preds = _call("vertex predict", vertex_jobs.predict, params, endpoint, dialogues)
+    req = vertex.predict_request(params, instances, endpoint.resource_name)
+    _print_json({"endpoint": endpoint.resource_name, "predictions": preds})
+    print(f"# the same request with curl:\n{vertex.curl_command(req)}", file=sys.stderr)
+    return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from flant5_lib import vertex, vertex_jobs
+
+    params = _params(args)
+    if args.dry_run:
+        vertex.check_params(params, dry_run=True, batch=True)
+        _print_json(vertex.batch_request(params, args.input, args.output, args.model or "<newest model>"))
+        return 0
+    model = _call("vertex batch", vertex_jobs.latest_model, params, args.model)
+    job = _call("vertex batch", vertex_jobs.batch_predict, params, model, args.input, args.output)
+    _print_json({"batch_prediction_job": job.resource_name, "state": job.state.name,
+                 "output_dir": job.output_info.gcs_output_directory})
+    return 0
+
+
+def _artifacts(args: argparse.Namespace) -> int:
+    from flant5_lib import vertex, vertex_jobs
+
+    params = _params(args)
+    uri = args.uri or vertex.model_artifact_uri(params)
+    local = args.local or params.artifacts_local_dir
+    if args.dry_run:
+        src, dst = (uri, local) if args.direction == "download" else (local, uri)
+        _print_json({"action": f"artifacts {args.direction}", "from": src, "to": dst})
+        return 0
+    if args.direction == "download":
+        path = vertex_jobs.download_artifacts(params, args.uri, args.local)
+        _print_json({"downloaded": uri, "to": str(path)})
+    else:
+        dest = vertex_jobs.upload_artifacts(params, args.local, args.uri)
+        _print_json({"uploaded": local, "to": dest})
+    return 0
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    from flant5_lib import vertex, vertex_jobs
+
+    params = _params(args)
+    if args.dry_run:
+        vertex.check_params(params, dry_run=True)
+        base = f"{vertex.api_base(params)}/v1/{vertex.parent(params)}"
+        _print_json({"steps": [
+            {"method": "GET", "url": f"{base}/endpoints", "query": {"filter": f'display_name="{params.endpoint_display_name}"'}},
+            {"method": "POST", "url": f"{base}/endpoints/<each>:undeployModel", "body": {"deployedModelId": "<each>"}},
+            {"method": "DELETE", "url": f"{base}/endpoints/<each>"},
+            {"method": "GET", "url": f"{base}/models", "query": {"filter": f'display_name="{params.model_display_name}"'}},
+            {"method": "DELETE", "url": f"{base}/models/<each>"},
+        ]})
+        return 0
+    _print_json(_call("vertex cleanup", vertex_jobs.cleanup, params))
+    return 0
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from flant5_lib import vertex, vertex_estimate
+
+    params = vertex.resolve(_params(args))
+    vertex.check_params(params, dry_run=True, train=True)
+    est = vertex_estimate.estimate(params, vertex_estimate.load_prices(args.prices), args.samples)
+    print(vertex_estimate.format_estimate(est), file=sys.stderr)
+    _print_json(est)
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from flant5_lib.vertex_presets import PRESETS
+
+    for name, p in PRESETS.items():
+        gpus = f"{p.accelerator_count} x {p.accelerator_type}" if p.accelerator_count else "no GPU"
+        print(f"{name:15s} {p.machine_type:16s} {gpus:24s} replicas={p.replica_count}  {p.note}")
+    return 0
+
+
+def _local_stack(args: argparse.Namespace) -> int:
+    from flant5_lib.localstack import start_local_stack
+
+    import signal
+
+    def _interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops the stand-ins as cleanly as Ctrl-C
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    stack = start_local_stack(args.workdir, port=args.port, gcs_port=args.gcs_port)
+    try:
+        if args.state_file:
+            stack.write_state(args.state_file)
+        s = stack.settings()
+        print(f"Vertex AI stand-in: {s['api_endpoint']}   GCS emulator: {s['gcs_endpoint']}   workdir: {s['workdir']}")
+        print("environment:")
+        for k, val in s["env"].items():
+            print(f"  export {k}={val}")
+        print("params overrides (or pass --local-stack STATE to flant5 vertex commands):")
+        print("  " + " ".join(f"--set {k}={val}" for k, val in s["params"].items()))
+        if args.state_file:
+            print(f"state file: {args.state_file}")
+        print("Ctrl-C to stop.", flush=True)
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+        if args.state_file and os.path.exists(args.state_file):
+            os.remove(args.state_file)
+    return 0

@@ -1,0 +1,95 @@
+"""Machine presets and the machine/accelerator table that checks a job before any request is sent.
+
+Vertex answers an impossible machine/GPU pair only after the job was queued (minutes later); checking
+here turns that into one line at once. The table covers the machine families used for Flan-T5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flant5_lib.errors import CloudError
+
+# machine family prefix -> (accelerator type, {machine type: GPU count}). CPU machines have no accelerator.
+_GPU_MACHINES: dict[str, tuple[str, dict[str, int]]] = {
+    "a2-highgpu": ("NVIDIA_TESLA_A100", {"a2-highgpu-1g": 1, "a2-highgpu-2g": 2, "a2-highgpu-4g": 4, "a2-highgpu-8g": 8}),
+    "a2-megagpu": ("NVIDIA_TESLA_A100", {"a2-megagpu-16g": 16}),
+    "a2-ultragpu": ("NVIDIA_A100_80GB", {"a2-ultragpu-1g": 1, "a2-ultragpu-2g": 2, "a2-ultragpu-4g": 4, "a2-ultragpu-8g": 8}),
+    "a3-highgpu": ("NVIDIA_H100_80GB", {"a3-highgpu-8g": 8}),
+    "g2-standard": ("NVIDIA_L4", {"g2-standard-4": 1, "g2-standard-8": 1, "g2-standard-12": 1, "g2-standard-16": 1,
+                                  "g2-standard-24": 2, "g2-standard-32": 1, "g2-standard-48": 4, "g2-standard-96": 8}),
+}
+# N1 machines take attachable GPUs in these counts.
+_N1_GPUS: dict[str, tuple[int, ...]] = {
+    "NVIDIA_TESLA_T4": (1, 2, 4),
+    "NVIDIA_TESLA_V100": (1, 2, 4, 8),
+    "NVIDIA_TESLA_P100": (1, 2, 4),
+    "NVIDIA_TESLA_P4": (1, 2, 4),
+}
+_CPU_FAMILIES = ("n1-standard-", "n1-highmem-", "n1-highcpu-", "n2-standard-", "n2-highmem-", "e2-standard-", "e2-highmem-", "c2-standard-")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One training hardware shape; `torchrun` runs when GPUs x replicas > 1."""
+
+    machine_type: str
+    accelerator_type: str
+    accelerator_count: int
+    replica_count: int
+    note: str
+
+
+PRESETS: dict[str, Preset] = {
+    "a100-40gb": Preset("a2-highgpu-1g", "NVIDIA_TESLA_A100", 1, 1, "1 x A100 40 GB: flan-t5-base"),
+    "a100-80gb": Preset("a2-ultragpu-1g", "NVIDIA_A100_80GB", 1, 1, "1 x A100 80 GB: flan-t5-large"),
+    "a100-40gb-x4": Preset("a2-highgpu-4g", "NVIDIA_TESLA_A100", 4, 1, "4 x A100 40 GB on one VM, torchrun DDP"),
+    "a100-80gb-x8": Preset("a2-ultragpu-8g", "NVIDIA_A100_80GB", 8, 1, "8 x A100 80 GB on one VM, torchrun FSDP (flan-t5-xl)"),
+    "a100-40gb-2x2": Preset("a2-highgpu-2g", "NVIDIA_TESLA_A100", 2, 2, "2 VMs x 2 A100 40 GB, multi-node torchrun"),
+    "l4": Preset("g2-standard-8", "NVIDIA_L4", 1, 1, "1 x L4 24 GB: cheap flan-t5-small/base runs"),
+    "t4": Preset("n1-standard-8", "NVIDIA_TESLA_T4", 1, 1, "1 x T4 16 GB: fp32 only (no bf16), small models"),
+    "cpu": Preset("n1-standard-8", "", 0, 1, "CPU only: smoke tests of the job wiring"),
+}
+
+
+def check_machine(machine_type: str, accelerator_type: str | None, accelerator_count: int, field: str = "train") -> None:
+    """Raise one CloudError naming the fields when the pair or the count is impossible."""
+    acc = accelerator_type or ""
+    where = f"{field}_machine_type/{field}_accelerator_type/{field}_accelerator_count"
+    for family, (gpu, sizes) in _GPU_MACHINES.items():
+        if machine_type.startswith(family + "-"):
+            if machine_type not in sizes:
+                raise CloudError(f"{field}_machine_type: unknown machine {machine_type!r}; known {family} types: {', '.join(sizes)}")
+            if acc != gpu:
+                raise CloudError(f"{where}: {machine_type} comes with {gpu}, not {acc or 'no accelerator'}; set {field}_accelerator_type: {gpu}")
+            if accelerator_count != sizes[machine_type]:
+                raise CloudError(
+                    f"{field}_accelerator_count: {machine_type} has exactly {sizes[machine_type]} x {gpu}, not {accelerator_count}"
+                )
+            return
+    if machine_type.startswith(_CPU_FAMILIES):
+        if not acc and accelerator_count == 0:
+            return
+        if not machine_type.startswith("n1-"):
+            raise CloudError(f"{where}: {machine_type} takes no accelerator; use an a2-/g2- machine or n1- with T4/V100")
+        if acc not in _N1_GPUS:
+            raise CloudError(f"{field}_accelerator_type: {acc!r} cannot attach to {machine_type}; choose one of {', '.join(_N1_GPUS)}")
+        if accelerator_count not in _N1_GPUS[acc]:
+            counts = ", ".join(map(str, _N1_GPUS[acc]))
+            raise CloudError(f"{field}_accelerator_count: {acc} attaches to {machine_type} in counts {counts}, not {accelerator_count}")
+        return
+    families = ", ".join([*(_GPU_MACHINES), *(f.rstrip("-") for f in _CPU_FAMILIES)])
+    raise CloudError(f"{field}_machine_type: unknown machine type {machine_type!r}; known families: {families}")
+
+
+def apply_preset(name: str) -> dict[str, object]:
+    """Params overrides of one preset (raises a one-line error for an unknown name)."""
+    if name not in PRESETS:
+        raise CloudError(f"train_preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)} (`flant5 vertex presets`)")
+    p = PRESETS[name]
+    return {
+        "train_machine_type": p.machine_type,
+        "train_accelerator_type": p.accelerator_type,
+        "train_accelerator_count": p.accelerator_count,
+        "train_replica_count": p.replica_count,
+    }
