@@ -29,7 +29,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     # google/flan-t5-base's shape (about 248M parameters), random weights: for benchmarks.
     "base-arch": dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12),
 }
-TINY_VOCAB_SIZE = 4000
+TINY_VOCAB_SIZE = 2000
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5: pad doubles as decoder start
 
 
@@ -40,15 +40,19 @@ def pick_device() -> torch.device:
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizerBase:
-    """A Unigram tokenizer like T5's (Metaspace pre-tokenizer, EOS appended), trained on `texts`."""
+    """A SentencePiece-style tokenizer (Metaspace pre-tokenizer, EOS appended) trained on `texts`.
+
+    BPE rather than T5's Unigram: the Unigram trainer is not deterministic across runs, and the same seed
+    must give the same tiny model (tests and distributed runs compare models built separately).
+    """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.Unigram())
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(r"\s+", " ")])
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, unk_token="<unk>")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
     tok.train_from_iterator(texts, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]

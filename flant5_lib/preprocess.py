@@ -26,7 +26,8 @@ def encode_sources(
 ) -> tuple[list[list[int]], list[bool]]:
     """Token ids truncated to `max_source_length`, and which dialogues were cut (serving reports it)."""
     texts = [format_source(d, params) for d in dialogues]
-    full = tokenizer(texts, truncation=False, add_special_tokens=True)["input_ids"]
+    # verbose=False: over-long inputs are expected here and cut below, so no "longer than 512" warning.
+    full = tokenizer(texts, truncation=False, add_special_tokens=True, verbose=False)["input_ids"]
     limit = params.max_source_length
     ids, cut = [], []
     for seq in full:

@@ -75,3 +75,11 @@ def test_length_sorted_batches_cover_every_index_once():
     batches = length_sorted_batches([3, 9, 1, 7, 5], 2)
     assert sorted(i for b in batches for i in b) == [0, 1, 2, 3, 4]
     assert batches[0] == [1, 3]
+
+
+def test_same_seed_builds_the_same_tiny_model(tmp_path):
+    from flant5_lib.modeling import build_tiny_model
+
+    a, b = build_tiny_model(tmp_path / "a", seed=3), build_tiny_model(tmp_path / "b", seed=3)
+    for name in ("tokenizer.json", "model.safetensors"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
