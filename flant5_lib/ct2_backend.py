@@ -1,0 +1,134 @@
+"""CTranslate2 backend: the saved Hugging Face model converted once (int8 on CPU by default), then cached.
+
+Why a custom T5 loader: transformers 5.x always sets `T5Config.tie_word_embeddings = True` and records the real
+T5 v1.1 / Flan-T5 behaviour in `scale_decoder_outputs` (False: no d_model**-0.5 rescaling before the LM head).
+ctranslate2 4.8.5's stock `T5Loader` still reads `tie_word_embeddings`, so it would rescale Flan-T5's decoder
+output. Greedy argmax is unchanged by a positive scale, but the probabilities (beam search, scores) are not.
+`_FixedT5Loader` reads `scale_decoder_outputs` when present and is swapped in only for the conversion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from flant5_lib.errors import ModelError
+from flant5_lib.fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+SOURCE_FILE = "flant5_source.json"  # fingerprint of the HF folder a conversion came from
+
+
+def _fingerprint(model_dir: Path) -> str:
+    """Changes whenever the config or any weight file changes (a stale conversion is never served)."""
+    h = hashlib.sha256()
+    for p in sorted(model_dir.glob("*.json")) + sorted(model_dir.glob("*.safetensors")):
+        st = p.stat()
+        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _fixed_t5_loader() -> Iterator[None]:
+    from ctranslate2.converters import transformers as ct2t
+    from ctranslate2.specs import model_spec
+
+    class _FixedT5Loader(ct2t.T5Loader):
+        def get_model_spec(self, model: Any) -> Any:
+            spec = super().get_model_spec(model)
+            scale = getattr(model.config, "scale_decoder_outputs", model.config.tie_word_embeddings)
+            if not scale:
+                spec.decoder.scale_outputs = model_spec.OPTIONAL  # the spec's default: no rescaling
+            return spec
+
+    key = "T5Config"
+    old = ct2t._MODEL_LOADERS.get(key)
+    ct2t._MODEL_LOADERS[key] = _FixedT5Loader()
+    try:
+        yield
+    finally:
+        if old is not None:
+            ct2t._MODEL_LOADERS[key] = old
+
+
+def _cache_candidates(model_dir: Path, compute_type: str, fingerprint: str) -> list[Path]:
+    """Next to the model when that folder is writable, else the user cache (a read-only baked-in model)."""
+    cache_root = Path(os.environ.get("FLANT5_CACHE_DIR", Path.home() / ".cache" / "flant5")) / "ct2"
+    return [model_dir / f"ct2-{compute_type}", cache_root / f"{model_dir.name}-{fingerprint}-{compute_type}"]
+
+
+def convert_model(model_dir: str | os.PathLike[str], compute_type: str = "int8", *, force: bool = False) -> Path:
+    """Convert a HF T5 folder to CTranslate2 (weights quantized to `compute_type`); reuse a matching cached copy."""
+    from ctranslate2.converters import TransformersConverter
+
+    src = Path(model_dir)
+    if not (src / "config.json").is_file():
+        raise ModelError(f"{src}: no config.json; CTranslate2 converts a saved Hugging Face model folder")
+    fp = _fingerprint(src)
+    candidates = _cache_candidates(src, compute_type, fp)
+    for out in candidates:
+        marker = out / SOURCE_FILE
+        if not force and marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fp:
+            log.info("CTranslate2 model cached at %s", out)
+            return out
+    quant = None if compute_type == "float32" else compute_type
+    last_err: Exception | None = None
+    for out in candidates:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(out) as tmp, _fixed_t5_loader():
+                TransformersConverter(str(src)).convert(str(tmp), quantization=quant, force=True)
+                (tmp / SOURCE_FILE).write_text(json.dumps({"source": str(src.resolve()), "fingerprint": fp}))
+            log.info("converted %s to CTranslate2 (%s) in %s", src, compute_type, out)
+            return out
+        except PermissionError as err:  # read-only model folder: fall back to the cache dir
+            last_err = err
+    raise ModelError(f"{src}: no writable place for the CTranslate2 copy ({last_err}); set FLANT5_CACHE_DIR")
+
+
+class CT2Backend:
+    """Same inputs (token ids from encode_sources) and same decoding as `HFBackend`, run by CTranslate2."""
+
+    name = "ctranslate2"
+
+    def __init__(
+        self, model_dir: str | os.PathLike[str], compute_type: str = "int8", device: str | None = None, threads: int = 0
+    ) -> None:
+        import ctranslate2
+
+        from flant5_lib.modeling import _load_tokenizer
+
+        if device is None or device == "auto":
+            device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        device = device.split(":")[0]
+        self.device = device
+        self.compute_type = compute_type
+        self.tokenizer = _load_tokenizer(str(model_dir))
+        self.path = convert_model(model_dir, compute_type)
+        # One thread per core we may use (ctranslate2's default of 4 oversubscribes small serving VMs).
+        threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 4))
+        self.translator = ctranslate2.Translator(
+            str(self.path), device=device, compute_type=compute_type, intra_threads=threads if device == "cpu" else 0
+        )
+
+    def generate(self, input_ids: Sequence[Sequence[int]], gen_kwargs: dict[str, Any]) -> list[str]:
+        unknown = set(gen_kwargs) - {"max_new_tokens", "min_new_tokens", "num_beams", "do_sample"}
+        if unknown or gen_kwargs.get("do_sample"):
+            raise ValueError(f"CTranslate2 backend: unsupported generation options {sorted(unknown) or ['do_sample']}")
+        tokens = [self.tokenizer.convert_ids_to_tokens(list(s)) for s in input_ids]
+        results = self.translator.translate_batch(
+            tokens,
+            beam_size=gen_kwargs.get("num_beams", 1),
+            max_decoding_length=gen_kwargs["max_new_tokens"],
+            min_decoding_length=gen_kwargs.get("min_new_tokens") or 0,
+            max_input_length=0,  # inputs are already truncated by encode_sources
+        )
+        ids = [self.tokenizer.convert_tokens_to_ids(r.hypotheses[0]) for r in results]
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]

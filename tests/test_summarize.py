@@ -1,0 +1,83 @@
+"""`flant5 summarize`: a file of dialogues in, one {id, dialogue, summary} per row out, same path as evaluation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from _serve_helpers import make_talkative_model
+
+from flant5_lib.backends import params_for_model
+from flant5_lib.cli import main
+from flant5_lib.config import Params, save_params
+from flant5_lib.inference import generate_summaries
+from flant5_lib.modeling import load_model_and_tokenizer
+from flant5_lib.synthetic import generate_records
+
+
+@pytest.fixture(scope="module")
+def talk_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_talkative_model(tiny_model_dir, tmp_path_factory.mktemp("summ") / "talk")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_summarize_jsonl_keeps_input_order_and_matches_generation(talk_model: Path, tmp_path: Path) -> None:
+    rows = generate_records(7, seed=11)
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": r["id"], "dialogue": r["dialogue"]}) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    assert main(["summarize", "--model", str(talk_model), "--input", str(src), "--output", str(out),
+                 "--max-new-tokens", "6", "--batch-size", "3"]) == 0
+    got = _read_jsonl(out)
+    assert [g["id"] for g in got] == [r["id"] for r in rows]
+    assert [g["dialogue"] for g in got] == [r["dialogue"] for r in rows]
+    model, tok = load_model_and_tokenizer(str(talk_model), device="cpu")
+    expected = [generate_summaries(model, tok, [r["dialogue"]], Params(), max_new_tokens=6, progress=False)[0] for r in rows]
+    assert [g["summary"] for g in got] == expected and len(set(expected)) >= 3
+    assert not list(tmp_path.glob(".out.jsonl.tmp*"))  # written atomically, nothing left behind
+
+
+def test_summarize_csv_and_model_preprocessing_params(talk_model: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    import shutil
+
+    shutil.copytree(talk_model, model)
+    save_params(Params(source_prefix="Summarize this chat: ", max_source_length=16), model / "flant5_params.yaml")
+    assert params_for_model(model, Params()).source_prefix == "Summarize this chat: "  # training's preprocessing wins
+    src = tmp_path / "in.csv"
+    with src.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["dialogue"])
+        w.writeheader()
+        for r in generate_records(3, seed=5):
+            w.writerow({"dialogue": r["dialogue"]})
+    out = tmp_path / "out.jsonl"
+    assert main(["summarize", "--model", str(model), "--input", str(src), "--output", str(out), "--max-new-tokens", "6"]) == 0
+    got = _read_jsonl(out)
+    assert [g["id"] for g in got] == ["1", "2", "3"] and all("summary" in g for g in got)
+    m, tok = load_model_and_tokenizer(str(model), device="cpu")
+    p = Params(source_prefix="Summarize this chat: ", max_source_length=16)
+    dialogues = [g["dialogue"] for g in got]
+    expected = generate_summaries(m, tok, dialogues, p, max_new_tokens=6, batch_size=1, progress=False)
+    assert [g["summary"] for g in got] == expected
+    assert expected != generate_summaries(m, tok, dialogues, Params(), max_new_tokens=6, batch_size=1, progress=False)
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--input", "missing.jsonl"], "file not found"),
+    (["--output", "out.txt"], ".jsonl"),
+    (["--num-beams", "0"], "--num-beams"),
+])
+def test_summarize_user_mistakes_exit_2(talk_model: Path, tmp_path: Path, capsys, args: list[str], needle: str) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"dialogue": "a: hi\nb: hello"}) + "\n")
+    base = {"--model": str(talk_model), "--input": str(src), "--output": str(tmp_path / "o.jsonl")}
+    base.update({args[0]: str(tmp_path / args[1]) if args[0] != "--num-beams" else args[1]})
+    argv = ["summarize"] + [x for kv in base.items() for x in kv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
