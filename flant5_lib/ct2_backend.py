@@ -103,14 +103,14 @@ class CT2Backend:
     ) -> None:
         import ctranslate2
 
-        from flant5_lib.modeling import _load_tokenizer
+        from flant5_lib.modeling import load_tokenizer
 
         if device is None or device == "auto":
             device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
         device = device.split(":")[0]
         self.device = device
         self.compute_type = compute_type
-        self.tokenizer = _load_tokenizer(str(model_dir))
+        self.tokenizer = load_tokenizer(str(model_dir))
         self.path = convert_model(model_dir, compute_type)
         # One thread per core we may use (ctranslate2's default of 4 oversubscribes small serving VMs).
         threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 4))

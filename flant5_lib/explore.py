@@ -133,12 +133,12 @@ def suggest_max_lengths(
 def load_tokenizer_for(params: Params, tokenizer_dir: str | os.PathLike[str] | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer lengths are measured with: `tokenizer_dir`, else the params' tokenizer or model."""
     from flant5_lib.errors import ModelError
-    from flant5_lib.modeling import _load_tokenizer, resolve_model_path
+    from flant5_lib.modeling import load_tokenizer, resolve_model_path
 
     if tokenizer_dir is not None:
-        return _load_tokenizer(str(tokenizer_dir))
+        return load_tokenizer(str(tokenizer_dir))
     try:
-        return _load_tokenizer(params.tokenizer_name or resolve_model_path(params))
+        return load_tokenizer(params.tokenizer_name or resolve_model_path(params))
     except ModelError as err:  # typically a hub id while offline
         raise ModelError(f"{err}; pass --tokenizer DIR (a local tokenizer folder) or --no-tokens") from None
 

@@ -75,7 +75,7 @@ def build_tiny_model(
     if size not in ARCHITECTURES:
         raise ModelError(f"size {size!r}: choose one of {', '.join(ARCHITECTURES)}")
     if tokenizer_dir:
-        tokenizer = _load_tokenizer(tokenizer_dir)
+        tokenizer = load_tokenizer(tokenizer_dir)
     else:
         from flant5_lib.synthetic import generate_records
 
@@ -127,7 +127,7 @@ def save_model(
     return Path(out_dir)
 
 
-def _load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
@@ -181,7 +181,7 @@ def load_model_and_tokenizer(
             f"model {name_or_path!r}: cannot be loaded ({str(err).splitlines()[0]}); check the hub id and network, or use a "
             "local folder / 'tiny'"
         ) from None
-    tokenizer = _load_tokenizer(tokenizer_name or name_or_path)
+    tokenizer = load_tokenizer(tokenizer_name or name_or_path)
     model.to(device or pick_device())
     model.eval()
     return model, tokenizer
