@@ -9,7 +9,6 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -18,11 +17,6 @@ if TYPE_CHECKING:
     from flant5_lib.config import Params
 
 log = logging.getLogger(__name__)
-
-MODEL_PARAMS_FILE = "flant5_params.yaml"
-# The preprocessing a model was trained with; serving must use the same values, whatever its own params say.
-PREPROCESSING_FIELDS = ("source_prefix", "turn_separator", "max_source_length")
-
 
 class Backend(Protocol):
     """What the server and the batch CLI need from an engine."""
@@ -34,21 +28,6 @@ class Backend(Protocol):
     def generate(self, input_ids: Sequence[Sequence[int]], gen_kwargs: dict[str, Any]) -> list[str]:
         """Summaries for one batch of encoded dialogues, in order."""
         ...
-
-
-def params_for_model(model_dir: str | os.PathLike[str], params: Params) -> Params:
-    """`params` with the preprocessing fields replaced by those saved next to the model by training."""
-    from flant5_lib.config import read_params_file
-
-    path = Path(model_dir) / MODEL_PARAMS_FILE
-    if not path.is_file():
-        return params
-    saved = read_params_file(path)
-    picked = {k: saved[k] for k in PREPROCESSING_FIELDS if k in saved}
-    if picked:
-        log.info("preprocessing from %s: %s", path, ", ".join(f"{k}={v!r}" for k, v in picked.items()))
-        params = params.with_overrides(**picked)
-    return params
 
 
 class HFBackend:

@@ -167,7 +167,7 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Generate summaries for a split, score them, compare with the baselines in params.baselines, write eval/<name>/."""
     from flant5_lib.inference import generate_summaries
-    from flant5_lib.modeling import load_model_and_tokenizer, pick_device, resolve_model_path
+    from flant5_lib.modeling import load_model_and_tokenizer, params_for_model, pick_device, resolve_model_path
 
     split = split or params.eval_split
     spec = str(model_path)
@@ -176,6 +176,7 @@ def evaluate_model(
     model_spec = resolve_model_path(params, spec)
     device = pick_device()
     model, tokenizer = load_model_and_tokenizer(model_spec, params.tokenizer_name, device)
+    params = params_for_model(model_spec, params)  # score the model on inputs prepared as in its training
     dialogues = [r["dialogue"] for r in records]
     log.info("generating %d summaries with %s on %s", len(dialogues), model_spec, device)
     t0 = time.perf_counter()

@@ -30,7 +30,11 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "base-arch": dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12),
 }
 TINY_VOCAB_SIZE = 2000
-SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5: pad doubles as decoder start
+SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
+MODEL_PARAMS_FILE = "flant5_params.yaml"
+# The preprocessing a model was trained with: evaluation, serving and the batch CLI must use these values,
+# whatever their own params say, or the model sees inputs unlike those it learned from.
+PREPROCESSING_FIELDS = ("source_prefix", "turn_separator", "max_source_length")  # ids 0, 1, 2 as in T5: pad doubles as decoder start
 
 
 def pick_device() -> torch.device:
@@ -70,7 +74,7 @@ def build_tiny_model(
     Without `tokenizer_dir` the tokenizer is trained here on synthetic dialogues, so no network is needed.
     """
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, T5Config, T5ForConditionalGeneration
+    from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration
 
     if size not in ARCHITECTURES:
         raise ModelError(f"size {size!r}: choose one of {', '.join(ARCHITECTURES)}")
@@ -112,6 +116,21 @@ def build_tiny_model(
     return out
 
 
+def params_for_model(model_dir: str | os.PathLike[str], params: Params) -> Params:
+    """`params` with the preprocessing fields replaced by those training saved next to the model."""
+    from flant5_lib.config import read_params_file
+
+    path = Path(model_dir) / MODEL_PARAMS_FILE
+    if not path.is_file():
+        return params
+    saved = read_params_file(path)
+    picked = {k: saved[k] for k in PREPROCESSING_FIELDS if k in saved and saved[k] != getattr(params, k)}
+    if picked:
+        log.info("preprocessing from %s: %s", path, ", ".join(f"{k}={v!r}" for k, v in picked.items()))
+        params = params.with_overrides(**picked)
+    return params
+
+
 def save_model(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike[str], params: Params | None = None
 ) -> Path:
@@ -123,7 +142,7 @@ def save_model(
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if params is not None:
-            save_params(params, Path(tmp) / "flant5_params.yaml")
+            save_params(params, Path(tmp) / MODEL_PARAMS_FILE)
     return Path(out_dir)
 
 

@@ -240,7 +240,8 @@ class _State:
         )
 
     def _load_sync(self) -> None:
-        from flant5_lib.backends import load_backend, params_for_model
+        from flant5_lib.backends import load_backend
+        from flant5_lib.modeling import params_for_model
 
         if self.settings.load_hook is not None:
             self.settings.load_hook()

@@ -124,7 +124,7 @@ def _resume_point(params: Params, paths: Any, fingerprint: dict[str, Any], is_ma
 def _save_final(trainer: Any, model: Any, tokenizer: Any, params: Params, out: Path, base_ref: str, mode: str) -> None:
     """Merged weights (default), the adapter alone (lora_export=adapter), or the gathered FSDP state dict."""
     from flant5_lib.fileio import atomic_path
-    from flant5_lib.modeling import save_model
+    from flant5_lib.modeling import MODEL_PARAMS_FILE, save_model
 
     if mode == "fsdp":
         state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # collective: every rank
@@ -134,7 +134,7 @@ def _save_final(trainer: Any, model: Any, tokenizer: Any, params: Params, out: P
             with atomic_path(out) as tmp:
                 trainer.accelerator.unwrap_model(trainer.model_wrapped).save_pretrained(tmp, state_dict=state_dict)
                 tokenizer.save_pretrained(tmp)
-                save_params(params, Path(tmp) / "flant5_params.yaml")
+                save_params(params, Path(tmp) / MODEL_PARAMS_FILE)
         return
     if not trainer.args.should_save:
         return
@@ -146,7 +146,7 @@ def _save_final(trainer: Any, model: Any, tokenizer: Any, params: Params, out: P
             model.save_pretrained(tmp, safe_serialization=True)  # adapter_config.json + adapter_model.safetensors
             tokenizer.save_pretrained(tmp)
             model.base_model.model.generation_config.save_pretrained(tmp)
-            save_params(params, Path(tmp) / "flant5_params.yaml")
+            save_params(params, Path(tmp) / MODEL_PARAMS_FILE)
         return
     if params.lora:
         model = model.merge_and_unload()

@@ -142,3 +142,17 @@ def test_cli_subprocess_exit_code(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "none" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluation_uses_the_preprocessing_the_model_was_trained_with(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from flant5_lib.config import save_params
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    save_params(build_params({"source_prefix": "Summarize this chat: ", "max_source_length": 24}), model / "flant5_params.yaml")
+    params = build_params({"dataset": "synthetic:30", "max_new_tokens": 4, "bootstrap_samples": 10, "baselines": []})
+    metrics = evaluate_model(params, model, split="test", out_dir=tmp_path / "eval")
+    assert metrics["params"]["source_prefix"] == "Summarize this chat: "
+    assert metrics["params"]["max_source_length"] == 24

@@ -213,7 +213,7 @@ def test_train_upload_deploy_predict_batch_cleanup(stack: LocalStack, state_file
     _ok(capsys, "artifacts", "download", *common, "--local", str(local))
     assert (local / "config.json").is_file()
     # the endpoint served this very model: the same dialogue summarised here gives the same text
-    from flant5_lib.backends import params_for_model
+    from flant5_lib.modeling import params_for_model
     from flant5_lib.inference import generate_summaries
     from flant5_lib.modeling import load_model_and_tokenizer
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from _serve_helpers import make_talkative_model
 
-from flant5_lib.backends import params_for_model
+from flant5_lib.modeling import params_for_model
 from flant5_lib.cli import main
 from flant5_lib.config import Params, save_params
 from flant5_lib.inference import generate_summaries

@@ -12,7 +12,7 @@ import pytest
 
 from flant5_lib import train_ckpt
 from flant5_lib.train import EXIT_PREEMPTED, train
-from tests._train_helpers import child_env, small_params, start_training, wait_for, write_params
+from tests._train_helpers import small_params, start_training, wait_for, write_params
 
 pytestmark = pytest.mark.timeout(300)
 

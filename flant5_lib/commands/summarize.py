@@ -29,7 +29,7 @@ def summarize_file(model: str, input_path: str, output_path: str, params_file: s
                    overrides: dict | None = None, *, batch_size: int | None = None,
                    max_new_tokens: int | None = None, num_beams: int | None = None) -> Path:
     """Read dialogues, summarise them in length-sorted batches, write one JSON object per input row."""
-    from flant5_lib.backends import params_for_model
+    from flant5_lib.modeling import params_for_model
     from flant5_lib.data import read_dialogues_file
     from flant5_lib.fileio import write_jsonl
     from flant5_lib.inference import generate_summaries
