@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import httpx
 import psutil
+
+from flant5_lib.procs import free_port, stop_process, wait_for_http
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / ".cache" / "bench" / "base-arch"
@@ -48,12 +49,6 @@ def ensure_model(path: Path) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """`flant5 serve` in a subprocess, ready once its health route answers 200."""
 
@@ -72,27 +67,13 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
     def wait_ready(self, timeout: float = 600) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited ({self.proc.returncode}); see {self.log.name}")
-            try:
-                if httpx.get(self.base + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError("server not ready")
+        wait_for_http(self.base + "/health", timeout_s=timeout, proc=self.proc, on_exit=lambda _: f"; see {self.log.name}")
 
     def rss(self) -> int:
         return psutil.Process(self.proc.pid).memory_info().rss
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, timeout_s=30)
         self.log.close()
 
 

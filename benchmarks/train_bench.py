@@ -70,7 +70,7 @@ def _peak_flops() -> tuple[str, float | None]:
 
 def _one_run(base: dict[str, Any], overrides: dict[str, Any], run_dir: Path) -> dict[str, float]:
     from flant5_lib.config import build_params
-    from flant5_lib.train import train
+    from flant5_lib.train.loop import train
 
     result = train(build_params({**base, **overrides, "run_dir": str(run_dir)}))
     m = result.metrics

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flant5_lib.errors import ParamsError
+
+# The dataset's split names, defined once (loaders, evaluation, the CLI's --split choices).
+SplitName = Literal["train", "validation", "test"]
+SPLITS: tuple[str, ...] = get_args(SplitName)
 
 PLACEHOLDER = "<unset>"
 
@@ -97,7 +101,7 @@ class Params(BaseModel):
     lora_export: Literal["merged", "adapter"] = Field("merged", description="Save merged full weights or the adapter alone.")
 
     # --- generation / evaluation ---------------------------------------------------------------
-    eval_split: Literal["train", "validation", "test"] = Field("test", description="Split scored by `flant5 evaluate`.")
+    eval_split: SplitName = Field("test", description="Split scored by `flant5 evaluate`.")
     num_beams: int = Field(1, ge=1, le=16, description="Beam width for generation (1 = greedy).")
     max_new_tokens: int = Field(96, ge=1, description="Most tokens generated per summary.")
     bootstrap_samples: int = Field(1000, ge=10, description="Resamples for the 95% ROUGE confidence intervals.")
@@ -222,12 +226,19 @@ def build_params(values: dict[str, Any], source: str = "params") -> Params:
 
 
 def read_params_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML file of overrides (no validation)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ParamsError(f"{p}: params file not found (see params/ for examples)")
+    """Read a YAML file of overrides (no validation): a local path, or a gs:// URI (a Vertex job reads its params
+    from the bucket). The one reader of params files: the CLI, the runner, notebooks, jobs and the server use it."""
+    p = str(path)
+    if p.startswith("gs://"):
+        from flant5_lib import storage
+
+        text = storage.read_text(p)
+    else:
+        if not Path(p).is_file():
+            raise ParamsError(f"{p}: params file not found (see params/ for examples)")
+        text = Path(p).read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flant5_lib.config import SPLITS
 from flant5_lib.errors import DataError
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
 COLUMNS = ("id", "dialogue", "summary")
 DEFAULT_SYNTHETIC_SIZE = 2000
 # File names each split may have in a folder, in order of preference.

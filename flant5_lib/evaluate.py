@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flant5_lib import metrics as M
+from flant5_lib.config import SPLITS
 from flant5_lib.errors import DataError, ModelError, UserError
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "google/flan-t5-base"
 GENERATION_FIELDS = (
     "source_prefix", "turn_separator", "max_source_length", "num_beams", "max_new_tokens",
@@ -167,7 +167,8 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Generate summaries for a split, score them, compare with the baselines in params.baselines, write eval/<name>/."""
     from flant5_lib.inference import generate_summaries
-    from flant5_lib.modeling import load_model_and_tokenizer, params_for_model, pick_device, resolve_model_path
+    from flant5_lib.modeling import load_model_and_tokenizer, pick_device, resolve_model_path
+    from flant5_lib.preprocess import load_preprocessing
 
     split = split or params.eval_split
     spec = str(model_path)
@@ -176,7 +177,7 @@ def evaluate_model(
     model_spec = resolve_model_path(params, spec)
     device = pick_device()
     model, tokenizer = load_model_and_tokenizer(model_spec, params.tokenizer_name, device)
-    params = params_for_model(model_spec, params)  # score the model on inputs prepared as in its training
+    params = load_preprocessing(model_spec, params)  # score the model on inputs prepared as in its training
     dialogues = [r["dialogue"] for r in records]
     log.info("generating %d summaries with %s on %s", len(dialogues), model_spec, device)
     t0 = time.perf_counter()

@@ -97,10 +97,10 @@ def split_lengths(
 
 def bucket_counts(turns: Sequence[int]) -> dict[str, int]:
     """Dialogues per SAMSum size bucket (utterance count); the eval helper's `size_bucket` defines them."""
-    from flant5_lib.metrics import size_bucket
+    from flant5_lib.metrics import BUCKETS, size_bucket
 
     counts = Counter(size_bucket(n) for n in turns)
-    ordered = {b: counts.pop(b, 0) for b in ("3-6", "7-12", "13-18", "19-30")}
+    ordered = {b: counts.pop(b, 0) for b in BUCKETS}
     ordered.update(sorted(counts.items()))  # any bucket outside SAMSum's four (e.g. very short dialogues)
     return ordered
 

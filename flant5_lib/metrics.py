@@ -144,13 +144,10 @@ def bootstrap_ci(
 
 def size_bucket(n_turns: int) -> str:
     """SAMSum's size bucket for a dialogue with `n_turns` utterances (out-of-range counts are clamped)."""
-    if n_turns <= 6:
-        return "3-6"
-    if n_turns <= 12:
-        return "7-12"
-    if n_turns <= 18:
-        return "13-18"
-    return "19-30"
+    for bucket in BUCKETS[:-1]:
+        if n_turns <= int(bucket.split("-")[1]):
+            return bucket
+    return BUCKETS[-1]
 
 
 def summarize_scores(

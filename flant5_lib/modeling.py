@@ -9,6 +9,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flant5_lib.errors import ModelError
@@ -31,10 +32,6 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 TINY_VOCAB_SIZE = 2000
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
-MODEL_PARAMS_FILE = "flant5_params.yaml"
-# The preprocessing a model was trained with: evaluation, serving and the batch CLI must use these values,
-# whatever their own params say, or the model sees inputs unlike those it learned from.
-PREPROCESSING_FIELDS = ("source_prefix", "turn_separator", "max_source_length")  # ids 0, 1, 2 as in T5: pad doubles as decoder start
 
 
 def pick_device() -> torch.device:
@@ -116,34 +113,31 @@ def build_tiny_model(
     return out
 
 
-def params_for_model(model_dir: str | os.PathLike[str], params: Params) -> Params:
-    """`params` with the preprocessing fields replaced by those training saved next to the model."""
-    from flant5_lib.config import read_params_file
+def write_model_folder(
+    out_dir: str | os.PathLike[str],
+    write_weights: Callable[[Path], None],
+    tokenizer: PreTrainedTokenizerBase,
+    params: Params | None = None,
+) -> Path:
+    """The one definition of a saved model folder, written atomically (a reader never sees half of it):
+    weights (safetensors, by `write_weights`, which also writes config.json / generation_config.json), the tokenizer,
+    and the resolved params that carry the preprocessing contract."""
+    from flant5_lib.fileio import atomic_path
+    from flant5_lib.preprocess import save_preprocessing
 
-    path = Path(model_dir) / MODEL_PARAMS_FILE
-    if not path.is_file():
-        return params
-    saved = read_params_file(path)
-    picked = {k: saved[k] for k in PREPROCESSING_FIELDS if k in saved and saved[k] != getattr(params, k)}
-    if picked:
-        log.info("preprocessing from %s: %s", path, ", ".join(f"{k}={v!r}" for k, v in picked.items()))
-        params = params.with_overrides(**picked)
-    return params
+    with atomic_path(out_dir) as tmp:
+        write_weights(Path(tmp))
+        tokenizer.save_pretrained(tmp)
+        if params is not None:
+            save_preprocessing(params, tmp)
+    return Path(out_dir)
 
 
 def save_model(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike[str], params: Params | None = None
 ) -> Path:
-    """Weights (safetensors), tokenizer, generation config and resolved params, written atomically."""
-    from flant5_lib.config import save_params
-    from flant5_lib.fileio import atomic_path
-
-    with atomic_path(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if params is not None:
-            save_params(params, Path(tmp) / MODEL_PARAMS_FILE)
-    return Path(out_dir)
+    """A full model (or a PEFT adapter) with its tokenizer and params: see `write_model_folder`."""
+    return write_model_folder(out_dir, lambda tmp: model.save_pretrained(tmp, safe_serialization=True), tokenizer, params)
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from flant5_lib.fileio import atomic_path
+from flant5_lib.metrics import BUCKETS
 
 log = logging.getLogger(__name__)
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 ROUGE_LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
-BUCKETS = ("3-6", "7-12", "13-18", "19-30")
 DPI = 110
 
 

@@ -3,7 +3,10 @@ is never served inputs prepared differently from those it was trained on."""
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flant5_lib.data import split_turns
@@ -13,7 +16,36 @@ if TYPE_CHECKING:
 
     from flant5_lib.config import Params
 
+log = logging.getLogger(__name__)
+
 LABEL_PAD = -100  # ignored by the loss
+# The preprocessing contract: a model folder carries the params it was trained with in this file, and evaluation,
+# serving and the batch CLI read these fields back, whatever their own params say, so the model never sees inputs
+# prepared differently from those it learned from.
+MODEL_PARAMS_FILE = "flant5_params.yaml"
+PREPROCESSING_FIELDS = ("source_prefix", "turn_separator", "max_source_length")
+
+
+def save_preprocessing(params: Params, folder: str | os.PathLike[str]) -> Path:
+    """Write the resolved params (the preprocessing contract among them) into a model folder."""
+    from flant5_lib.config import save_params
+
+    return save_params(params, Path(folder) / MODEL_PARAMS_FILE)
+
+
+def load_preprocessing(folder: str | os.PathLike[str], params: Params) -> Params:
+    """`params` with the preprocessing fields replaced by those saved in the model folder (unchanged when absent)."""
+    from flant5_lib.config import read_params_file
+
+    path = Path(folder) / MODEL_PARAMS_FILE
+    if not path.is_file():
+        return params
+    saved = read_params_file(path)
+    picked = {k: saved[k] for k in PREPROCESSING_FIELDS if k in saved and saved[k] != getattr(params, k)}
+    if picked:
+        log.info("preprocessing from %s: %s", path, ", ".join(f"{k}={v!r}" for k, v in picked.items()))
+        params = params.with_overrides(**picked)
+    return params
 
 
 def format_source(dialogue: str, params: Params) -> str:

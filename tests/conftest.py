@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FLANT5_SHARED", REPO.parent / "shared"))
-SAMSUM_DIR = SHARED / "data" / "samsum"
-T5_TOKENIZER_DIR = SHARED / "tokenizers" / "t5"
+from tests.helpers import SAMSUM_DIR, T5_TOKENIZER_DIR
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +24,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def gcs_emulator():
     """A real gcp-storage-emulator on 127.0.0.1 (random port, in memory); STORAGE_EMULATOR_HOST points at it."""
-    from flant5_lib.localstack.emulator import start_gcs_emulator
+    from flant5_lib.vertex.localstack.emulator import start_gcs_emulator
 
     emu = start_gcs_emulator()
     old = os.environ.get("STORAGE_EMULATOR_HOST")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from _serve_helpers import DOCKERFILE, REPO, dockerfile_cmd
+from tests.helpers.serve import DOCKERFILE, REPO, dockerfile_cmd
 
 
 def _instructions() -> list[tuple[str, str]]:
@@ -49,4 +49,4 @@ def test_cmd_is_the_uvicorn_command_the_tests_run() -> None:
     assert workdir.endswith("/serving") and (REPO / "serving" / "main.py").is_file()
     assert cmd == "uvicorn main:app --host 0.0.0.0 --port ${AIP_HTTP_PORT:-8080}"
     main_py = (REPO / "serving" / "main.py").read_text()
-    assert "from flant5_lib.server import create_app" in main_py and "app = create_app()" in main_py
+    assert "from flant5_lib.serve.app import create_app" in main_py and "app = create_app()" in main_py

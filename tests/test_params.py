@@ -11,7 +11,7 @@ import yaml
 from flant5_lib.cli import main
 from flant5_lib.config import Params, load_params, params_from_namespace, read_params_file
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 PARAMS_DIR = REPO / "params"
 NOTEBOOKS_DIR = REPO / "notebooks"
 NOT_PARAMS = {"prices.yaml"}  # the Vertex price table lives in params/ but is not a Params override file
@@ -116,10 +116,10 @@ def test_readme_opens_with_the_two_quickstart_commands():
 
 
 def test_readme_parameters_reference_is_current():
-    from flant5_lib.report import README_END, README_START, params_reference_markdown
+    from flant5_lib.workbench.report import README_END, README_START, params_reference_markdown
 
     text = (REPO / "README.md").read_text(encoding="utf-8")
     table = text.split(README_START, 1)[1].split(README_END, 1)[0].strip()
     assert table == params_reference_markdown(), (
-        "README's parameters table is stale: .venv/bin/python -c 'from flant5_lib.report import update_readme; update_readme()'"
+        "README's parameters table is stale: .venv/bin/python -c 'from flant5_lib.workbench.report import update_readme; update_readme()'"
     )

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from _serve_helpers import make_talkative_model
+from tests.helpers.serve import make_talkative_model
 
-from flant5_lib.modeling import params_for_model
+from flant5_lib.preprocess import load_preprocessing
 from flant5_lib.cli import main
 from flant5_lib.config import Params, save_params
 from flant5_lib.inference import generate_summaries
@@ -48,7 +48,7 @@ def test_summarize_csv_and_model_preprocessing_params(talk_model: Path, tmp_path
 
     shutil.copytree(talk_model, model)
     save_params(Params(source_prefix="Summarize this chat: ", max_source_length=16), model / "flant5_params.yaml")
-    assert params_for_model(model, Params()).source_prefix == "Summarize this chat: "  # training's preprocessing wins
+    assert load_preprocessing(model, Params()).source_prefix == "Summarize this chat: "  # training's preprocessing wins
     src = tmp_path / "in.csv"
     with src.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["dialogue"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from flant5_lib.config import Params, load_params, parse_set
+from flant5_lib.config import SPLITS, Params, load_params, parse_set
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = dsub.add_parser("show", help="print a few dialogues with their summaries")
     _common(s)
-    s.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    s.add_argument("--split", default="test", choices=SPLITS)
     s.add_argument("-n", type=int, default=3, help="how many dialogues")
     s.add_argument("--seed", type=int, help="pick at random with this seed (default: the first n)")
     s.set_defaults(func=_show)

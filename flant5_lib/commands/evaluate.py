@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from flant5_lib.config import Params, load_params, parse_set
+from flant5_lib.config import SPLITS, Params, load_params, parse_set
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -25,8 +25,8 @@ def params_from_args(args: argparse.Namespace) -> Params:
     if args.dataset:
         overrides["dataset"] = args.dataset
     if args.split:
-        if args.split not in ("train", "validation", "test"):
-            raise DataError(f"--split {args.split!r}: must be one of train, validation, test")
+        if args.split not in SPLITS:
+            raise DataError(f"--split {args.split!r}: must be one of {', '.join(SPLITS)}")
         overrides["eval_split"] = args.split
     return load_params(args.params, overrides)
 

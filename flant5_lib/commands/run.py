@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flant5_lib import report, runner
+    from flant5_lib.workbench import report
+    from flant5_lib.workbench import runner
 
     def echo(msg: str) -> None:
         print(msg, flush=True)

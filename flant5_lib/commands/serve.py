@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from flant5_lib.server import DEFAULT_MODEL_DIRS, ServeSettings, run
+    from flant5_lib.serve.app import DEFAULT_MODEL_DIRS, ServeSettings, run
 
     settings = ServeSettings.from_env(parse_set(args.set), params_file=args.params, model_dir=args.model, device=args.device)
     # Fail fast on the command line (in a container the server starts anyway and health explains the failure).

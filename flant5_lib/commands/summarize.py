@@ -29,7 +29,7 @@ def summarize_file(model: str, input_path: str, output_path: str, params_file: s
                    overrides: dict | None = None, *, batch_size: int | None = None,
                    max_new_tokens: int | None = None, num_beams: int | None = None) -> Path:
     """Read dialogues, summarise them in length-sorted batches, write one JSON object per input row."""
-    from flant5_lib.modeling import params_for_model
+    from flant5_lib.preprocess import load_preprocessing
     from flant5_lib.data import read_dialogues_file
     from flant5_lib.fileio import write_jsonl
     from flant5_lib.inference import generate_summaries
@@ -39,7 +39,7 @@ def summarize_file(model: str, input_path: str, output_path: str, params_file: s
     if out.suffix.lower() != ".jsonl":
         raise DataError(f"--output {out}: must end in .jsonl (one JSON object per line)")
     rows = read_dialogues_file(input_path)
-    params = params_for_model(model, load_params(params_file, overrides))
+    params = load_preprocessing(model, load_params(params_file, overrides))
     model_obj, tokenizer = load_model_and_tokenizer(model, params.tokenizer_name)
     summaries = generate_summaries(model_obj, tokenizer, [r["dialogue"] for r in rows], params,
                                    batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)

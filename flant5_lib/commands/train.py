@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from flant5_lib.train import add_arguments
+    from flant5_lib.train.loop import add_arguments
 
     p = sub.add_parser("train", help="fine-tune the model (resumes from the newest complete checkpoint)")
     add_arguments(p)
@@ -14,6 +14,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flant5_lib.train import run
+    from flant5_lib.train.loop import run
 
     return run(args)

@@ -94,11 +94,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _params(args: argparse.Namespace) -> Params:
     overrides: dict[str, Any] = {}
     if getattr(args, "local_stack", None):
-        from flant5_lib.localstack import load_state
+        from flant5_lib.vertex.localstack import attach
 
-        state = load_state(args.local_stack)
-        os.environ.update(state["env"])
-        overrides.update(state["params"])
+        overrides.update(attach(args.local_stack) or {})
     overrides.update(parse_set(args.set))
     return load_params(args.params, overrides)
 
@@ -112,7 +110,7 @@ def _call(action: str, fn: Any, *a: Any, **kw: Any) -> Any:
     from google.api_core import exceptions as gexc
     from google.auth import exceptions as auth_exc
 
-    from flant5_lib.vertex import explain_api_error
+    from flant5_lib.vertex.specs import explain_api_error
 
     try:
         return fn(*a, **kw)
@@ -124,7 +122,9 @@ def _call(action: str, fn: Any, *a: Any, **kw: Any) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from flant5_lib import vertex, vertex_estimate, vertex_jobs
+    from flant5_lib.vertex import specs as vertex
+    from flant5_lib.vertex import estimate as vertex_estimate
+    from flant5_lib.vertex import jobs as vertex_jobs
 
     params = vertex.resolve(_params(args))
     vertex.check_params(params, dry_run=args.dry_run, train=True)
@@ -144,7 +144,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _upload(args: argparse.Namespace) -> int:
-    from flant5_lib import vertex, vertex_jobs
+    from flant5_lib.vertex import specs as vertex
+    from flant5_lib.vertex import jobs as vertex_jobs
 
     params = _params(args)
     if args.dry_run:
@@ -157,7 +158,8 @@ def _upload(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from flant5_lib import vertex, vertex_jobs
+    from flant5_lib.vertex import specs as vertex
+    from flant5_lib.vertex import jobs as vertex_jobs
 
     params = _params(args)
     if args.dry_run:
@@ -185,7 +187,8 @@ def _dialogues(args: argparse.Namespace) -> list[str]:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from flant5_lib import vertex, vertex_jobs
+    from flant5_lib.vertex import specs as vertex
+    from flant5_lib.vertex import jobs as vertex_jobs
 
     params = _params(args)
     dialogues = _dialogues(args)
@@ -205,7 +208,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from flant5_lib import vertex, vertex_jobs
+    from flant5_lib.vertex import specs as vertex
+    from flant5_lib.vertex import jobs as vertex_jobs
 
     params = _params(args)
     if args.dry_run:
@@ -220,7 +224,8 @@ def _batch(args: argparse.Namespace) -> int:
 
 
 def _artifacts(args: argparse.Namespace) -> int:
-    from flant5_lib import vertex, vertex_jobs
+    from flant5_lib.vertex import specs as vertex
+    from flant5_lib.vertex import jobs as vertex_jobs
 
     params = _params(args)
     uri = args.uri or vertex.model_artifact_uri(params)
@@ -239,7 +244,8 @@ def _artifacts(args: argparse.Namespace) -> int:
 
 
 def _cleanup(args: argparse.Namespace) -> int:
-    from flant5_lib import vertex, vertex_jobs
+    from flant5_lib.vertex import specs as vertex
+    from flant5_lib.vertex import jobs as vertex_jobs
 
     params = _params(args)
     if args.dry_run:
@@ -258,7 +264,8 @@ def _cleanup(args: argparse.Namespace) -> int:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from flant5_lib import vertex, vertex_estimate
+    from flant5_lib.vertex import specs as vertex
+    from flant5_lib.vertex import estimate as vertex_estimate
 
     params = vertex.resolve(_params(args))
     vertex.check_params(params, dry_run=True, train=True)
@@ -269,7 +276,7 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from flant5_lib.vertex_presets import PRESETS
+    from flant5_lib.vertex.presets import PRESETS
 
     for name, p in PRESETS.items():
         gpus = f"{p.accelerator_count} x {p.accelerator_type}" if p.accelerator_count else "no GPU"
@@ -278,7 +285,7 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def _local_stack(args: argparse.Namespace) -> int:
-    from flant5_lib.localstack import start_local_stack
+    from flant5_lib.vertex.localstack import start_local_stack
 
     import signal
 

@@ -1,0 +1,68 @@
+"""Generation backends for serving and the batch CLI: one interface, two engines (transformers, CTranslate2).
+
+Both take token ids made by `preprocess.encode_sources`, so every engine sees exactly the inputs training saw.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from flant5_lib.config import Params
+
+log = logging.getLogger(__name__)
+
+class Backend(Protocol):
+    """What the server and the batch CLI need from an engine."""
+
+    name: str
+    tokenizer: PreTrainedTokenizerBase
+    device: str
+
+    def generate(self, input_ids: Sequence[Sequence[int]], gen_kwargs: dict[str, Any]) -> list[str]:
+        """Summaries for one batch of encoded dialogues, in order."""
+        ...
+
+
+class HFBackend:
+    """transformers `generate` through `inference.generate_from_ids` (the path evaluation uses)."""
+
+    name = "hf"
+
+    def __init__(self, model_dir: str | os.PathLike[str], device: str | None = None, threads: int = 0) -> None:
+        from flant5_lib.modeling import load_model_and_tokenizer
+
+        self.threads = threads
+        self._thread_state = threading.local()
+        self._use_threads()
+        self.model, self.tokenizer = load_model_and_tokenizer(str(model_dir), device=device)
+        self.device = str(self.model.device)
+
+    def _use_threads(self) -> None:
+        # OpenMP's thread count is per calling thread: set it in every thread that runs the model (the server's worker).
+        if self.threads and not getattr(self._thread_state, "done", False):
+            import torch
+
+            torch.set_num_threads(self.threads)
+            self._thread_state.done = True
+
+    def generate(self, input_ids: Sequence[Sequence[int]], gen_kwargs: dict[str, Any]) -> list[str]:
+        from flant5_lib.inference import generate_from_ids
+
+        self._use_threads()
+        return generate_from_ids(self.model, self.tokenizer, input_ids, gen_kwargs)
+
+
+def load_backend(model_dir: str | os.PathLike[str], params: Params, device: str | None = None) -> Backend:
+    """The engine `params.serve_backend` names, loaded from a local model folder."""
+    if params.serve_backend == "ctranslate2":
+        from flant5_lib.serve.ct2 import CT2Backend
+
+        return CT2Backend(model_dir, compute_type=params.serve_ct2_compute_type, device=device, threads=params.serve_threads)
+    return HFBackend(model_dir, device=device, threads=params.serve_threads)

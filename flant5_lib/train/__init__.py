@@ -1,0 +1,10 @@
+"""Fine-tuning: the training loop (prepare / fit / finish), its set-up, the Trainer subclass and atomic checkpoints.
+
+May import the core modules of `flant5_lib`; never `serve`, `vertex`, `workbench` or `commands`.
+`python -m flant5_lib.train` runs the same entry point as `flant5 train` (a Vertex job runs it).
+"""
+
+from flant5_lib._lazy import lazy_exports
+
+__all__ = ["TrainResult", "train", "main"]
+__getattr__, __dir__ = lazy_exports(__name__, {name: "flant5_lib.train.loop" for name in __all__})

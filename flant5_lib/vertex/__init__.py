@@ -1,0 +1,36 @@
+"""Vertex AI: request builders (`specs`), SDK calls (`jobs`), machine presets, cost estimates, the job entry point
+(`task`) and `localstack`, the offline stand-in of the Vertex API and Cloud Storage.
+
+May import the core modules of `flant5_lib`; never `train`, `serve`, `workbench` or `commands` (a job or a deployment
+runs those as processes, not imports).
+"""
+
+from flant5_lib._lazy import lazy_exports
+
+_NAMES = {
+    "resolve": "flant5_lib.vertex.specs",
+    "api_base": "flant5_lib.vertex.specs",
+    "curl_command": "flant5_lib.vertex.specs",
+    "deploy_request": "flant5_lib.vertex.specs",
+    "model_artifact_uri": "flant5_lib.vertex.specs",
+    "predict_request": "flant5_lib.vertex.specs",
+    "train_output_dir": "flant5_lib.vertex.specs",
+    "training_request": "flant5_lib.vertex.specs",
+    "upload_request": "flant5_lib.vertex.specs",
+    "run_training": "flant5_lib.vertex.jobs",
+    "upload_model": "flant5_lib.vertex.jobs",
+    "deploy_model": "flant5_lib.vertex.jobs",
+    "predict": "flant5_lib.vertex.jobs",
+    "batch_predict": "flant5_lib.vertex.jobs",
+    "cleanup": "flant5_lib.vertex.jobs",
+    "latest_model": "flant5_lib.vertex.jobs",
+    "get_endpoint": "flant5_lib.vertex.jobs",
+    "download_artifacts": "flant5_lib.vertex.jobs",
+    "estimate": "flant5_lib.vertex.estimate",
+    "format_estimate": "flant5_lib.vertex.estimate",
+    "load_prices": "flant5_lib.vertex.estimate",
+    "PRESETS": "flant5_lib.vertex.presets",
+    "start_local_stack": "flant5_lib.vertex.localstack",
+}
+__all__ = sorted(_NAMES)
+__getattr__, __dir__ = lazy_exports(__name__, _NAMES)

@@ -1,0 +1,191 @@
+"""Offline stand-ins for Google Cloud: a GCS emulator and a local Vertex AI API, both on 127.0.0.1.
+
+    with start_local_stack("runs/localstack") as stack:
+        params = load_params("params/vertex.yaml", stack.params_overrides())
+        ...  # the real Vertex SDK and storage client now talk to the stand-ins
+
+The stand-in does the work for real: training pipelines run the project's training entry point,
+deployments start the project's prediction server, and `:predict` is forwarded to it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flant5_lib.procs import free_port
+from flant5_lib.vertex.localstack.emulator import GcsEmulator, start_gcs_emulator
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROJECT = "local-project"
+DEFAULT_REGION = "us-central1"
+DEFAULT_BUCKET = "gs://flant5-local"
+DEFAULT_SERVING_IMAGE = "local/flant5-serving:latest"  # never pulled: the stand-in runs the server as a subprocess
+DEFAULT_TENSORBOARD = "tensorboards/local"
+
+
+@dataclass
+class LocalStack:
+    """A running stand-in pair; use as a context manager or call `stop()`."""
+
+    workdir: Path
+    api_endpoint: str
+    gcs_endpoint: str
+    project: str
+    region: str
+    bucket: str
+    backend: Any
+    _gcs: GcsEmulator
+    _server: Any
+    _thread: threading.Thread
+    _old_env: dict[str, str | None] = field(default_factory=dict)
+    _stopped: bool = False
+
+    def env(self) -> dict[str, str]:
+        """Environment variables a process needs to reach the stand-ins."""
+        return {"STORAGE_EMULATOR_HOST": self.gcs_endpoint}
+
+    def params_overrides(self) -> dict[str, Any]:
+        """Params fields that point the `flant5 vertex` code at the stand-ins."""
+        return {
+            "vertex_mode": "local",
+            "vertex_api_endpoint": self.api_endpoint,
+            "gcp_project": self.project,
+            "gcp_region": self.region,
+            "staging_bucket": self.bucket,
+            "serving_container_uri": DEFAULT_SERVING_IMAGE,
+            "service_account": f"flant5-local@{self.project}.iam.gserviceaccount.com",
+            "tensorboard_resource": f"projects/{self.project}/locations/{self.region}/{DEFAULT_TENSORBOARD}",
+        }
+
+    def settings(self) -> dict[str, Any]:
+        return {"api_endpoint": self.api_endpoint, "gcs_endpoint": self.gcs_endpoint, "workdir": str(self.workdir),
+                "env": self.env(), "params": self.params_overrides()}
+
+    def write_state(self, path: str | os.PathLike[str]) -> Path:
+        from flant5_lib.fileio import write_json
+
+        return write_json(path, self.settings())
+
+    def requests(self, contains: str = "", method: str | None = None) -> list[dict[str, Any]]:
+        """Requests the Vertex stand-in received (oldest first), optionally filtered by path and method."""
+        with self.backend.lock:
+            rows = list(self.backend.requests)
+        return [r for r in rows if contains in r["path"] and (method is None or r["method"] == method)]
+
+    def clear_requests(self) -> None:
+        with self.backend.lock:
+            self.backend.requests.clear()
+
+    def stop(self) -> None:
+        """Stop servers and jobs we started, the API and the emulator; restore the environment (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.backend.shutdown()
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._gcs.stop()
+        for key, old in self._old_env.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+        self._old_env = {}
+
+    def __enter__(self) -> LocalStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_local_stack(
+    workdir: str | os.PathLike[str],
+    *,
+    port: int | None = None,
+    gcs_port: int | None = None,
+    project: str = DEFAULT_PROJECT,
+    region: str = DEFAULT_REGION,
+    bucket: str = DEFAULT_BUCKET,
+    set_env: bool = True,
+    deploy_timeout_s: float = 300.0,
+    sync_wait_s: float = 30.0,
+) -> LocalStack:
+    """Start the emulator and the Vertex stand-in; with `set_env`, this process's storage clients use the emulator."""
+    import uvicorn
+
+    from flant5_lib import storage
+    from flant5_lib.vertex.localstack.app import create_app
+    from flant5_lib.vertex.localstack.backend import Backend
+
+    work = Path(workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    gcs = start_gcs_emulator(work / "gcs", port=gcs_port)
+    backend = Backend(workdir=work, gcs_url=gcs.url, project=project, region=region, deploy_timeout_s=deploy_timeout_s,
+                      sync_wait_s=sync_wait_s)
+    port = port or free_port()
+    config = uvicorn.Config(create_app(backend), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True, name="vertex-stand-in")
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            gcs.stop()
+            raise RuntimeError(f"the Vertex stand-in did not start on 127.0.0.1:{port}")
+        time.sleep(0.02)
+    stack = LocalStack(work, f"http://127.0.0.1:{port}", gcs.url, project, region, bucket, backend, gcs, server, thread)
+    if set_env:
+        stack._old_env = {"STORAGE_EMULATOR_HOST": os.environ.get("STORAGE_EMULATOR_HOST")}
+        os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs_lib
+
+    client = gcs_lib.Client(project=project, credentials=AnonymousCredentials(),
+                            client_options={"api_endpoint": gcs.url})
+    storage.ensure_bucket(bucket, client=client)  # the SDK uploads packages there but never creates it
+    atexit.register(stack.stop)  # no orphaned trainers or servers if the caller forgets
+    log.info("Vertex stand-in on %s, GCS emulator on %s, bucket %s", stack.api_endpoint, gcs.url, bucket)
+    return stack
+
+
+def attach(path: str | os.PathLike[str], *, require_alive: bool = False) -> dict[str, Any] | None:
+    """Point this process at a running stand-in: read its state file, set its environment (STORAGE_EMULATOR_HOST ...)
+    and return the params overrides that aim the Vertex code at it. The one way to attach (CLI and notebooks).
+
+    With `require_alive`, a state file whose stand-in no longer answers gives None (the caller starts a new one).
+    """
+    from flant5_lib.procs import http_status
+
+    state = load_state(path)
+    if require_alive and http_status(f"{state['api_endpoint']}/_local/health") != 200:
+        log.info("%s: stand-in no longer running", path)
+        return None
+    os.environ.update(state["env"])
+    log.info("attached to the Vertex stand-in at %s", state["api_endpoint"])
+    return dict(state["params"])
+
+
+def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a `--state-file` written by `flant5 vertex local-stack` (env + params overrides)."""
+    from flant5_lib.errors import CloudError
+
+    p = Path(path)
+    if not p.is_file():
+        raise CloudError(f"{p}: local-stack state file not found; start `flant5 vertex local-stack --state-file {p}` first")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except ValueError:
+        raise CloudError(f"{p}: not a local-stack state file (invalid JSON)") from None
+    if not isinstance(data, dict) or "params" not in data or "env" not in data:
+        raise CloudError(f"{p}: not a local-stack state file (needs 'env' and 'params')")
+    return data

@@ -1,0 +1,409 @@
+"""The stand-in's state and the real work behind it: training subprocesses, prediction servers, batch jobs.
+
+Resources are kept as the REST JSON Vertex returns (camelCase), so the HTTP layer only looks them up.
+A training pipeline runs the job's own command with the current interpreter and the AIP_* variables
+Vertex gives a container; a deployment starts `python -m flant5_lib serve` with the serving AIP_*
+variables. Logs of every process go to <workdir>/jobs/<kind>-<id>.log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from flant5_lib import storage
+from flant5_lib.procs import free_port, stop_process
+
+log = logging.getLogger(__name__)
+
+TYPE_PREFIX = "type.googleapis.com/google.cloud.aiplatform.v1."
+LOCAL_ENV = "FLANT5_VERTEX_LOCAL"  # tells vertex_task it runs on one local CPU machine
+_DEPLOY_TIMEOUT_S = 300.0
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class ApiError(Exception):
+    """An answer in Google's JSON error format; the SDK turns it into its own exception class."""
+
+    _STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 409: "ALREADY_EXISTS", 412: "FAILED_PRECONDITION",
+               500: "INTERNAL", 504: "DEADLINE_EXCEEDED"}
+
+    def __init__(self, code: int, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+        self.status = status or self._STATUS.get(code, "UNKNOWN")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "status": self.status}}
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+@dataclass
+class Deployment:
+    """One running prediction server behind a deployed model."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    predict_route: str
+    health_route: str
+
+
+@dataclass
+class Backend:
+    """Everything the stand-in knows; all access goes through `lock`."""
+
+    workdir: Path
+    gcs_url: str
+    project: str
+    region: str
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    pipelines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    batch_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    operations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deployments: dict[str, Deployment] = field(default_factory=dict)  # deployed model id -> server
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)  # pipeline id -> trainer
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    deploy_timeout_s: float = _DEPLOY_TIMEOUT_S
+    sync_wait_s: float = 30.0  # how long a deploy request waits before answering with a pending operation
+    _counter: int = 1000
+
+    # --- ids, names and operations --------------------------------------------------------------
+
+    def new_id(self) -> str:
+        with self.lock:
+            self._counter += 1
+            return str(self._counter)
+
+    def parent(self, project: str | None = None, region: str | None = None) -> str:
+        return f"projects/{project or self.project}/locations/{region or self.region}"
+
+    def operation(self, parent: str, *, done: bool, response: dict[str, Any] | None = None,
+                  response_type: str | None = None, metadata_type: str = "GenericOperationMetadata") -> dict[str, Any]:
+        op: dict[str, Any] = {"name": f"{parent}/operations/{self.new_id()}", "done": done,
+                              "metadata": {"@type": TYPE_PREFIX + metadata_type,
+                                           **({"genericMetadata": {"createTime": now(), "updateTime": now()}}
+                                              if metadata_type != "GenericOperationMetadata"
+                                              else {"createTime": now(), "updateTime": now()})}}
+        if done:
+            self.finish_operation(op, response=response, response_type=response_type)
+        with self.lock:
+            self.operations[op["name"]] = op
+        return op
+
+    def finish_operation(self, op: dict[str, Any], *, response: dict[str, Any] | None = None,
+                         response_type: str | None = None, error: ApiError | None = None) -> None:
+        with self.lock:
+            if error is not None:
+                op["error"] = {"code": _grpc_code(error.status), "message": error.message}
+            elif response_type:
+                op["response"] = {"@type": TYPE_PREFIX + response_type, **(response or {})}
+            else:
+                op["response"] = {"@type": "type.googleapis.com/google.protobuf.Empty"}
+            op["done"] = True
+
+    def log_path(self, kind: str, rid: str) -> Path:
+        path = self.workdir / "jobs" / f"{kind}-{rid}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # --- training ---------------------------------------------------------------------------------
+
+    def start_pipeline(self, pipeline: dict[str, Any]) -> None:
+        threading.Thread(target=self._run_pipeline, args=(pipeline,), daemon=True,
+                         name=f"pipeline-{pipeline['name']}").start()
+
+    def _command(self, pool: dict[str, Any], job_dir: Path) -> tuple[list[str], str]:
+        """The command the container would run, with this interpreter in place of the image's python."""
+        if "python_package_spec" in pool or "pythonPackageSpec" in pool:
+            spec = pool.get("python_package_spec") or pool.get("pythonPackageSpec")
+            uris = spec.get("package_uris") or spec.get("packageUris") or []
+            src = job_dir / "package"
+            for i, uri in enumerate(uris):
+                archive = storage.download_file(uri, job_dir / f"package-{i}.tar.gz")
+                with tarfile.open(archive) as tar:
+                    tar.extractall(src, filter="data")
+            # the SDK's archive holds <name>-<version>/<module dir>/; put every top folder on the path
+            roots = [str(p) for p in sorted(src.iterdir()) if p.is_dir()] if src.exists() else []
+            module = spec.get("python_module") or spec.get("pythonModule")
+            log.info("job package unpacked in %s; its requirements are not pip-installed here (offline): "
+                     "this environment is used instead", src)
+            return [sys.executable, "-m", module, *(spec.get("args") or [])], os.pathsep.join(roots)
+        spec = pool.get("containerSpec") or pool.get("container_spec") or {}
+        command = list(spec.get("command") or [])
+        if not command:
+            raise ApiError(400, "containerSpec.command is required by the local stand-in (it cannot run image entrypoints)")
+        if Path(command[0]).name.startswith("python"):
+            command[0] = sys.executable
+        return [*command, *(spec.get("args") or [])], ""
+
+    def _run_pipeline(self, pipeline: dict[str, Any]) -> None:
+        pid = pipeline["name"].rsplit("/", 1)[1]
+        inputs = pipeline.get("trainingTaskInputs", {})
+        pools = inputs.get("worker_pool_specs") or inputs.get("workerPoolSpecs") or []
+        base = (inputs.get("base_output_directory") or inputs.get("baseOutputDirectory") or {})
+        base_uri = (base.get("output_uri_prefix") or base.get("outputUriPrefix") or "").rstrip("/")
+        job_dir = self.workdir / "jobs" / f"pipeline-{pid}"
+        job_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_path("pipeline", pid)
+        self._set_pipeline(pipeline, "PIPELINE_STATE_RUNNING", startTime=now())
+        try:
+            if not pools:
+                raise ApiError(400, "trainingTaskInputs.worker_pool_specs is empty")
+            if not base_uri:
+                raise ApiError(400, "base_output_directory.output_uri_prefix is required by the local stand-in")
+            cmd, pythonpath = self._command(pools[0], job_dir)
+            env = self._job_env(pools[0], base_uri, inputs)
+            if pythonpath:
+                env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH", "")) if p)
+            log.info("pipeline %s: %s", pid, " ".join(cmd))
+            with open(log_path, "wb") as out:
+                proc = subprocess.Popen(cmd, cwd=job_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
+                with self.lock:
+                    self.processes[pid] = proc
+                code = proc.wait()
+            if pipeline.get("state") == "PIPELINE_STATE_CANCELLING":
+                self._set_pipeline(pipeline, "PIPELINE_STATE_CANCELLED", endTime=now())
+                return
+            if code != 0:
+                raise ApiError(500, f"The replica workerpool0-0 exited with a non-zero status of {code}. "
+                                    f"Last log lines: {_tail(log_path)} (full log: {log_path})", "INTERNAL")
+            upload = pipeline.get("modelToUpload")
+            if upload:
+                model_uri = f"{base_uri}/model"
+                if not storage.list_blobs(model_uri):
+                    raise ApiError(500, f"the job finished but wrote no model to AIP_MODEL_DIR={model_uri}/")
+                model = self.register_model({**upload, "artifactUri": model_uri}, training_pipeline=pipeline["name"])
+                pipeline["modelToUpload"] = model
+            self._set_pipeline(pipeline, "PIPELINE_STATE_SUCCEEDED", endTime=now())
+        except ApiError as err:
+            with self.lock:
+                pipeline["error"] = {"code": _grpc_code(err.status), "message": err.message}
+            self._set_pipeline(pipeline, "PIPELINE_STATE_FAILED", endTime=now())
+        except Exception as err:  # a stand-in bug must still end the job, never leave the SDK polling forever
+            log.exception("pipeline %s crashed", pid)
+            with self.lock:
+                pipeline["error"] = {"code": 13, "message": f"local stand-in error: {type(err).__name__}: {err}"}
+            self._set_pipeline(pipeline, "PIPELINE_STATE_FAILED", endTime=now())
+
+    def _job_env(self, pool: dict[str, Any], base_uri: str, inputs: dict[str, Any]) -> dict[str, str]:
+        spec = (pool.get("python_package_spec") or pool.get("pythonPackageSpec") or pool.get("containerSpec")
+                or pool.get("container_spec") or {})
+        env = dict(os.environ)
+        env.update({e["name"]: str(e.get("value", "")) for e in spec.get("env", [])})
+        env.update({
+            "AIP_MODEL_DIR": f"{base_uri}/model/",
+            "AIP_CHECKPOINT_DIR": f"{base_uri}/checkpoints/",
+            "CLOUD_ML_PROJECT_ID": self.project,
+            "CLUSTER_SPEC": json.dumps({"cluster": {"workerpool0": ["127.0.0.1:2222"]},
+                                        "task": {"type": "workerpool0", "index": 0}}),
+            "STORAGE_EMULATOR_HOST": self.gcs_url,
+            LOCAL_ENV: "1",
+            "PYTHONUNBUFFERED": "1",
+        })
+        if inputs.get("tensorboard"):
+            env["AIP_TENSORBOARD_LOG_DIR"] = f"{base_uri}/logs/"
+        else:
+            env.pop("AIP_TENSORBOARD_LOG_DIR", None)
+        return env
+
+    def _set_pipeline(self, pipeline: dict[str, Any], state: str, **extra: Any) -> None:
+        with self.lock:
+            pipeline.update(state=state, updateTime=now(), **extra)
+
+    def cancel_pipeline(self, pid: str) -> None:
+        with self.lock:
+            proc = self.processes.get(pid)
+            pipeline = self.pipelines[pid]
+            if pipeline["state"] in ("PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED", "PIPELINE_STATE_CANCELLED"):
+                return
+            pipeline["state"] = "PIPELINE_STATE_CANCELLING"
+        if proc and proc.poll() is None:
+            proc.terminate()
+
+    # --- models -----------------------------------------------------------------------------------
+
+    def register_model(self, model: dict[str, Any], training_pipeline: str | None = None) -> dict[str, Any]:
+        mid = self.new_id()
+        record = {
+            **{k: v for k, v in model.items() if k not in ("versionAliases",)},
+            "name": f"{self.parent()}/models/{mid}",
+            "versionId": "1",
+            "versionAliases": ["default"],
+            "createTime": now(), "updateTime": now(), "versionCreateTime": now(),
+            # the SDK only sends machine resources when the model says it takes them
+            "supportedDeploymentResourcesTypes": ["DEDICATED_RESOURCES"],
+        }
+        if training_pipeline:
+            record["trainingPipeline"] = training_pipeline
+        with self.lock:
+            self.models[mid] = record
+        return record
+
+    # --- serving ----------------------------------------------------------------------------------
+
+    def start_server(self, model: dict[str, Any], dmid: str, endpoint_id: str) -> Deployment:
+        """Start `python -m flant5_lib serve` as Vertex would start the serving container."""
+        spec = model.get("containerSpec", {})
+        port = free_port()
+        env = dict(os.environ)
+        env.update({
+            "AIP_HTTP_PORT": str(port),
+            "AIP_HEALTH_ROUTE": spec.get("healthRoute") or "/health",
+            "AIP_PREDICT_ROUTE": spec.get("predictRoute") or "/predict",
+            "AIP_STORAGE_URI": model.get("artifactUri", ""),
+            "AIP_DEPLOYED_MODEL_ID": dmid,
+            "AIP_ENDPOINT_ID": endpoint_id,
+            "AIP_MODE": "PREDICTION",
+            "STORAGE_EMULATOR_HOST": self.gcs_url,
+            "PYTHONUNBUFFERED": "1",
+        })
+        log_path = self.log_path("server", dmid)
+        cmd = [sys.executable, "-m", "flant5_lib", "serve", "--host", "127.0.0.1"]
+        work = self.workdir / "servers" / dmid
+        work.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return Deployment(port, proc, log_path, env["AIP_PREDICT_ROUTE"], env["AIP_HEALTH_ROUTE"])
+
+    def wait_healthy(self, dep: Deployment, timeout_s: float | None = None) -> None:
+        timeout_s = timeout_s or self.deploy_timeout_s
+        deadline = time.monotonic() + timeout_s
+        url = f"http://127.0.0.1:{dep.port}{dep.health_route}"
+        answered, refused_since = False, None
+        while time.monotonic() < deadline:
+            # a server that answered and then stopped listening has shut down, even if its process lingers
+            gone = answered and refused_since is not None and time.monotonic() - refused_since > 2.0
+            if dep.process.poll() is not None or gone:
+                stop_process(dep.process, timeout_s=2.0)
+                raise ApiError(400, f"Model server stopped (exit code {dep.process.returncode}) before it was healthy. "
+                                    f"Last log lines: {_tail(dep.log_path)} (full log: {dep.log_path})", "FAILED_PRECONDITION")
+            try:
+                with urllib.request.urlopen(url, timeout=2.0) as r:  # stdlib: no per-poll log lines
+                    if r.status == 200:
+                        return
+            except urllib.error.HTTPError as err:  # 503 while loading
+                answered, refused_since = True, None
+                detail = err.read().decode("utf-8", "replace")[:500]
+                if "failed" in detail:  # the project's server says why it will never be ready: no need to wait
+                    stop_process(dep.process, timeout_s=2.0)
+                    raise ApiError(400, f"Model server failed to start: {detail} (log: {dep.log_path})",
+                                   "FAILED_PRECONDITION") from None
+            except (urllib.error.URLError, OSError):
+                refused_since = refused_since or time.monotonic()
+            time.sleep(0.25)
+        stop_process(dep.process)
+        raise ApiError(504, f"Model server did not answer 200 on {dep.health_route} within {timeout_s:.0f} s "
+                            f"(log: {dep.log_path})", "DEADLINE_EXCEEDED")
+
+    def forward_predict(self, dep: Deployment, body: dict[str, Any], timeout_s: float = 120.0) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{dep.port}{dep.predict_route}"
+        try:
+            r = httpx.post(url, json=body, timeout=timeout_s)
+        except httpx.HTTPError as err:
+            raise ApiError(503, f"model server unreachable: {err}", "UNAVAILABLE") from None
+        try:
+            answer = r.json()
+        except ValueError:
+            answer = {"detail": r.text[:300]}
+        if r.status_code != 200:
+            detail = answer.get("detail") or answer.get("error") or answer
+            code = r.status_code if 400 <= r.status_code < 500 else 500
+            raise ApiError(code, f"model server answered {r.status_code}: {detail}")
+        return answer
+
+    def stop_deployment(self, dmid: str) -> None:
+        with self.lock:
+            dep = self.deployments.pop(dmid, None)
+        if dep:
+            stop_process(dep.process)
+
+    def shutdown(self) -> None:
+        for dmid in list(self.deployments):
+            self.stop_deployment(dmid)
+        with self.lock:
+            procs = list(self.processes.values())
+        for proc in procs:
+            stop_process(proc)
+
+
+def _grpc_code(status: str) -> int:
+    return {"INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5, "ALREADY_EXISTS": 6,
+            "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "INTERNAL": 13,
+            "UNAVAILABLE": 14}.get(status, 2)
+
+
+def run_batch_job(backend: Backend, job: dict[str, Any]) -> None:
+    """Batch prediction: start the model's server, send the JSONL instances, write Vertex-style result files."""
+    jid = job["name"].rsplit("/", 1)[1]
+
+    def update(**kw: Any) -> None:
+        with backend.lock:
+            job.update(updateTime=now(), **kw)
+
+    update(state="JOB_STATE_RUNNING", startTime=now())
+    dep = None
+    try:
+        mid = job["model"].rsplit("/", 1)[1].split("@")[0]
+        model = backend.models.get(mid)
+        if model is None:
+            raise ApiError(404, f"Model {job['model']} not found")
+        cfg = job.get("inputConfig", {})
+        if cfg.get("instancesFormat", "jsonl") != "jsonl":
+            raise ApiError(400, "the local stand-in reads instancesFormat 'jsonl' only")
+        instances: list[Any] = []
+        for uri in cfg.get("gcsSource", {}).get("uris", []):
+            for n, line in enumerate(storage.read_text(uri).splitlines(), 1):
+                if line.strip():
+                    try:
+                        instances.append(json.loads(line))
+                    except ValueError:
+                        raise ApiError(400, f"{uri} line {n}: not valid JSON") from None
+        dep = backend.start_server(model, f"batch-{jid}", "batch")
+        backend.wait_healthy(dep)
+        rows = []
+        for i in range(0, len(instances), 16):
+            chunk = instances[i : i + 16]
+            preds = backend.forward_predict(dep, {"instances": chunk})["predictions"]
+            rows += [{"instance": a, "prediction": b} for a, b in zip(chunk, preds)]
+        prefix = job["outputConfig"]["gcsDestination"]["outputUriPrefix"].rstrip("/")
+        stamp = f"{dt.datetime.now(dt.timezone.utc):%Y_%m_%dT%H_%M_%S_%f}"[:-3]
+        out_dir = f"{prefix}/prediction-{model.get('displayName', mid)}-{stamp}"  # Vertex's folder naming
+        storage.write_text(f"{out_dir}/prediction.results-00000-of-00001",
+                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        update(state="JOB_STATE_SUCCEEDED", endTime=now(), outputInfo={"gcsOutputDirectory": out_dir},
+               completionStats={"successfulCount": str(len(rows))})
+    except ApiError as err:
+        update(state="JOB_STATE_FAILED", endTime=now(), error={"code": _grpc_code(err.status), "message": err.message})
+    except Exception as err:  # never leave the SDK polling forever
+        log.exception("batch job %s crashed", jid)
+        update(state="JOB_STATE_FAILED", endTime=now(), error={"code": 13, "message": f"{type(err).__name__}: {err}"})
+    finally:
+        if dep is not None:
+            stop_process(dep.process)

@@ -1,0 +1,86 @@
+"""The script a Vertex AI training job runs: install the project if needed, then call `flant5_lib.train`.
+
+Kept free of project imports at module level because on a prebuilt PyTorch image it starts before
+the project is installed. With more than one GPU or replica it re-launches the entry point under
+`torchrun`, taking the rendezvous address from the variables Vertex sets (MASTER_ADDR/MASTER_PORT/
+WORLD_SIZE/RANK on PyTorch images, CLUSTER_SPEC otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+
+log = logging.getLogger("flant5_lib.vertex.task")
+
+
+def _install_project(package_uri: str) -> None:
+    """pip-install the project's source archive from gs:// (dependencies come from the job's requirements)."""
+    from google.cloud import storage  # present on every Vertex prebuilt image
+
+    bucket, _, key = package_uri[len("gs://") :].partition("/")
+    local = os.path.join(tempfile.mkdtemp(), os.path.basename(key))
+    storage.Client().bucket(bucket).blob(key).download_to_filename(local)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", local], check=True)
+
+
+def _rendezvous() -> tuple[str, str, int, int]:
+    """(master address, port, number of nodes, this node's rank) from the Vertex environment."""
+    if os.environ.get("MASTER_ADDR"):
+        return (os.environ["MASTER_ADDR"], os.environ.get("MASTER_PORT", "29500"),
+                int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")))
+    spec = json.loads(os.environ.get("CLUSTER_SPEC", "{}") or "{}")
+    cluster, task = spec.get("cluster", {}), spec.get("task", {})
+    hosts = [h for pool in sorted(cluster) for h in cluster[pool]]
+    if not hosts:
+        return "127.0.0.1", "29500", 1, 0
+    master = hosts[0].split(":")[0]
+    pools = sorted(cluster)
+    rank = sum(len(cluster[p]) for p in pools[: pools.index(task.get("type", pools[0]))]) + int(task.get("index", 0))
+    return master, "29500", len(hosts), rank
+
+
+def build_command(train_args: list[str], nproc_per_node: int, nnodes: int) -> list[str]:
+    """The command line that runs the training entry point on this node."""
+    if nproc_per_node <= 1 and nnodes <= 1:
+        return [sys.executable, "-m", "flant5_lib.train", *train_args]
+    addr, port, world, rank = _rendezvous()
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={max(world, nnodes)}", f"--node_rank={rank}",
+            f"--nproc_per_node={nproc_per_node}", f"--master_addr={addr}", f"--master_port={port}",
+            "-m", "flant5_lib.train", *train_args]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Vertex AI training task for flant5_lib.")
+    parser.add_argument("--project-package", help="gs:// source archive of the project, installed when not importable")
+    parser.add_argument("--nproc-per-node", type=int, default=1, help="GPUs per replica (torchrun when > 1)")
+    parser.add_argument("--nnodes", type=int, default=1, help="replicas (multi-node torchrun when > 1)")
+    args, train_args = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import flant5_lib  # noqa: F401
+    except ImportError:
+        if not args.project_package:
+            log.error("flant5_lib is not installed and no --project-package was given")
+            return 2
+        log.info("installing %s", args.project_package)
+        _install_project(args.project_package)
+    nproc, nnodes = args.nproc_per_node, args.nnodes
+    if os.environ.get("FLANT5_VERTEX_LOCAL") and (nproc > 1 or nnodes > 1):
+        log.info("local stand-in: one CPU machine, so %d x %d workers run as one process", nnodes, nproc)
+        nproc, nnodes = 1, 1
+    cmd = build_command(train_args, nproc, nnodes)
+    log.info("running: %s", " ".join(cmd))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(cmd[0], cmd)  # replace this process, so Vertex's SIGTERM (preemption) reaches the trainer
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

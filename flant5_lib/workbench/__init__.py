@@ -1,0 +1,23 @@
+"""The notebook workbench: `flant5 run` (papermill runner), the run's index page, and helpers the notebooks call.
+
+May import the core modules and `train`, `vertex` (it drives the whole chain); never `serve` internals or `commands`.
+"""
+
+from flant5_lib._lazy import lazy_exports
+
+_NAMES = {
+    "run": "flant5_lib.workbench.runner",
+    "write_index": "flant5_lib.workbench.report",
+    "write_run_metrics": "flant5_lib.workbench.report",
+    "record": "flant5_lib.workbench.notebook",
+    "trained_model_dir": "flant5_lib.workbench.notebook",
+    "clear_evaluations": "flant5_lib.workbench.notebook",
+    "connect_vertex": "flant5_lib.workbench.notebook",
+    "job_params": "flant5_lib.workbench.notebook",
+    "fetch_model_artifacts": "flant5_lib.workbench.notebook",
+    "local_server": "flant5_lib.workbench.notebook",
+    "ensure_endpoint": "flant5_lib.workbench.notebook",
+    "rest_predict": "flant5_lib.workbench.notebook",
+}
+__all__ = sorted(_NAMES)
+__getattr__, __dir__ = lazy_exports(__name__, _NAMES)

@@ -1,0 +1,234 @@
+"""The real Vertex SDK and storage client against the local stand-in and the GCS emulator.
+
+Nothing is mocked: training runs `flant5_lib.train` in a subprocess, deployment starts `python -m flant5_lib serve`,
+and predictions come from the tiny model it trained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from flant5_lib import storage
+from flant5_lib.vertex import specs as vertex
+from flant5_lib.vertex import jobs as vertex_jobs
+from flant5_lib.cli import main
+from flant5_lib.config import load_params
+from flant5_lib.vertex.localstack import LocalStack, start_local_stack
+
+QUICK_TRAIN = {"dataset": "synthetic:64", "model_name": "tiny", "max_steps": 5, "eval_strategy": "no",
+               "per_device_train_batch_size": 8, "logging_steps": 1}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    from google.cloud.aiplatform import jobs, training_jobs
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training_jobs, "_JOB_WAIT_TIME", 0.3)  # the SDK polls every 5 s by default
+        mp.setattr(jobs, "_JOB_WAIT_TIME", 0.3)
+        with start_local_stack(tmp_path_factory.mktemp("localstack")) as st:
+            yield st
+
+
+@pytest.fixture()
+def state_file(stack: LocalStack, tmp_path: Path) -> str:
+    return str(stack.write_state(tmp_path / "state.json"))
+
+
+def _ints(obj: object) -> object:
+    """The SDK sends numbers in Struct fields as floats (1.0); compare them as the integers they are."""
+    return json.loads(json.dumps(obj), parse_float=lambda x: int(float(x)) if float(x).is_integer() else float(x))
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["vertex", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _ok(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[dict, str]:
+    code, out, err = _cli(capsys, *argv)
+    assert code == 0, err[-2000:]
+    return json.loads(out), err
+
+
+def test_failing_training_job_raises_the_sdks_error(stack: LocalStack) -> None:
+    stack.clear_requests()
+    params = load_params(None, {**stack.params_overrides(), **QUICK_TRAIN, "dataset": "synthetic:3",
+                                "train_preset": "a100-40gb-2x2", "train_display_name": "bad-job",
+                                "train_job_kind": "container", "train_container_uri": "registry.local/flant5-train:1"})
+    with pytest.raises(RuntimeError, match="Training failed") as err:
+        vertex_jobs.run_training(params)
+    assert "non-zero status" in str(err.value) and "synthetic" in str(err.value)  # the trainer's own message
+    (req,) = stack.requests("/trainingPipelines", method="POST")
+    pools = req["body"]["trainingTaskInputs"]["worker_pool_specs"]
+    assert len(pools) == 2 and all(p["machine_spec"]["machine_type"] == "a2-highgpu-2g" for p in pools)
+    assert all(p["machine_spec"]["accelerator_type"] == "NVIDIA_TESLA_A100" for p in pools)
+    assert all(int(p["machine_spec"]["accelerator_count"]) == 2 for p in pools)
+    spec = pools[0]["containerSpec"]
+    assert spec["imageUri"] == "registry.local/flant5-train:1"
+    assert spec["command"] == ["python", "-m", "flant5_lib.vertex.task"]
+    assert spec["args"][spec["args"].index("--nnodes") + 1] == "2"
+    assert "flant5/params/bad-job.yaml" in storage.list_blobs(stack.bucket)  # the job read its params from there
+    assert _ints(req["body"]) == _ints(vertex.training_request(params)["body"])  # --dry-run shows exactly this
+
+
+def test_deploying_a_model_that_cannot_load_raises_the_sdks_error(stack: LocalStack) -> None:
+    from google.api_core import exceptions as gexc
+
+    p = load_params(None, {**stack.params_overrides(), "model_display_name": "broken",
+                           "endpoint_display_name": "broken-ep", "model_artifact_uri": f"{stack.bucket}/empty/model"})
+    model = vertex_jobs.upload_model(p)
+    assert model.supported_deployment_resources_types  # so the SDK sends dedicated resources
+    stack.clear_requests()
+    stack.backend.sync_wait_s = 0  # answer with a pending operation: the SDK must poll it and raise its error
+    try:
+        with pytest.raises(gexc.FailedPrecondition, match="no files found"):
+            vertex_jobs.deploy_model(p, model)
+    finally:
+        stack.backend.sync_wait_s = 30.0
+    assert stack.requests("/ui/projects/local-project/locations/us-central1/operations/", method="GET")
+    (endpoint,) = vertex_jobs.find_endpoints(p)
+    assert endpoint.list_models() == [] and not stack.backend.deployments
+    assert vertex_jobs.cleanup(p) == {"endpoints": [endpoint.resource_name], "models": [model.resource_name]}
+
+
+def test_local_stack_command_dry_runs_send_nothing_and_api_errors_are_one_line(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("STORAGE_EMULATOR_HOST", None)
+    proc = subprocess.Popen([sys.executable, "-m", "flant5_lib", "vertex", "local-stack", "--workdir",
+                             str(tmp_path / "work"), "--state-file", str(state)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not state.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.2)
+        settings = json.loads(state.read_text())
+        api = settings["api_endpoint"]
+        assert api.startswith("http://127.0.0.1:") and settings["env"]["STORAGE_EMULATOR_HOST"].startswith("http://127.0.0.1:")
+        flant5 = [sys.executable, "-m", "flant5_lib", "vertex"]
+        for cmd in (["train"], ["upload"], ["deploy"], ["predict", "--dialogue", "A: hi"], ["cleanup"],
+                    ["batch", "--input", "gs://flant5-local/in.jsonl", "--output", "gs://flant5-local/out"]):
+            r = subprocess.run([*flant5, *cmd, "--dry-run", "--local-stack", str(state)], env=env,
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stderr
+            assert api in json.dumps(json.loads(r.stdout))  # the request is aimed at the stand-in...
+        assert httpx.get(f"{api}/_local/requests").json() == []  # ...and none was sent
+        r = subprocess.run([*flant5, "upload", "--local-stack", str(state), "--set", "gcp_project=someone-else"],
+                           env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1
+        assert "Forbidden" in r.stderr and "gcp_project" in r.stderr  # REST maps 403 to Forbidden
+        assert len(httpx.get(f"{api}/_local/requests").json()) == 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and not state.exists()
+
+
+@pytest.mark.slow
+def test_train_upload_deploy_predict_batch_cleanup(stack: LocalStack, state_file: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    params_file = tmp_path / "quick.yaml"
+    params_file.write_text(yaml.safe_dump(QUICK_TRAIN))
+    common = ["--params", str(params_file), "--local-stack", state_file]
+    p = load_params(params_file, stack.params_overrides())
+    stack.clear_requests()
+
+    trained, err = _ok(capsys, "train", *common)
+    assert "estimate:" in err and "list prices to check" in err
+    (req,) = stack.requests("/trainingPipelines", method="POST")
+    inputs, body = req["body"]["trainingTaskInputs"], req["body"]
+    (pool,) = inputs["worker_pool_specs"]
+    assert pool["machine_spec"]["machine_type"] == p.train_machine_type
+    assert pool["machine_spec"]["accelerator_type"] == p.train_accelerator_type
+    assert pool["python_package_spec"]["executor_image_uri"] == p.train_container_uri
+    assert inputs["service_account"] == p.service_account and inputs["tensorboard"] == p.tensorboard_resource
+    out_dir = inputs["base_output_directory"]["output_uri_prefix"]
+    assert out_dir == trained["output_dir"] == f"{p.staging_bucket}/runs/{p.train_display_name}"
+    assert body["modelToUpload"]["containerSpec"] == {"imageUri": p.serving_container_uri, "ports": [{"containerPort": 8080}],
+                                                      "predictRoute": "/predict", "healthRoute": "/health"}
+    # the trainer wrote where Vertex told it to: AIP_MODEL_DIR, AIP_CHECKPOINT_DIR, AIP_TENSORBOARD_LOG_DIR
+    assert "config.json" in storage.list_blobs(f"{out_dir}/model")
+    assert any("model.safetensors" in n for n in storage.list_blobs(f"{out_dir}/model"))
+    assert storage.list_blobs(f"{out_dir}/checkpoints") and storage.list_blobs(f"{out_dir}/logs")
+    assert trained["model"]
+    # the SDK uploaded its script package to the staging bucket; we uploaded params and the project archive
+    staged = storage.list_blobs(stack.bucket)
+    assert any(n.endswith(".tar.gz") and "aiplatform_custom_trainer_script" in n for n in staged)
+    args = pool["python_package_spec"]["args"]
+    package = args[args.index("--project-package") + 1]
+    assert package.removeprefix(f"{stack.bucket}/") in staged and "flant5_lib-" in package
+
+    uploaded, _ = _ok(capsys, "upload", *common)
+    (up,) = stack.requests("models:upload")
+    assert up["body"] == vertex.upload_request(p)["body"]
+    assert up["body"]["model"]["artifactUri"] == f"{out_dir}/model" == uploaded["artifact_uri"]
+    assert up["body"]["model"]["containerSpec"]["imageUri"] == p.serving_container_uri
+
+    deployed, _ = _ok(capsys, "deploy", *common)
+    assert deployed["model"] == uploaded["model"]  # the newest model with that display name
+    (dep,) = stack.requests(":deployModel")
+    assert dep["body"] == vertex.deploy_request(p, deployed["endpoint"], deployed["model"] + "@1")["body"]
+    res = dep["body"]["deployedModel"]["dedicatedResources"]
+    assert res["machineSpec"] == {"machineType": p.deploy_machine_type}
+    assert (res["minReplicaCount"], res["maxReplicaCount"]) == (p.deploy_min_replicas, p.deploy_max_replicas)
+    assert dep["body"]["deployedModel"]["serviceAccount"] == p.service_account
+    assert list(deployed["traffic_split"].values()) == [100]
+
+    dialogue_file = tmp_path / "d.jsonl"
+    dialogue_file.write_text(json.dumps({"dialogue": "Tom: Lunch at noon?\nAnn: Yes, see you there."}) + "\n")
+    got, err = _ok(capsys, "predict", *common, "--dialogue", "Amy: Is the car fixed?\\nBen: Tomorrow.",
+                   "--file", str(dialogue_file))
+    assert len(got["predictions"]) == 2 and all(isinstance(s, str) and s.strip() for s in got["predictions"])
+    assert "curl -X POST" in err and f"{got['endpoint']}:predict" in err
+    (pred,) = stack.requests(":predict")
+    assert pred["body"]["instances"][1] == {"dialogue": "Tom: Lunch at noon?\nAnn: Yes, see you there."}
+
+    storage.write_text(f"{stack.bucket}/batch/in.jsonl", "".join(
+        json.dumps({"dialogue": f"A: item {i}?\nB: ok {i}."}) + "\n" for i in range(3)))
+    batch, _ = _ok(capsys, "batch", *common, "--input", f"{stack.bucket}/batch/in.jsonl",
+                   "--output", f"{stack.bucket}/batch/out")
+    assert batch["state"] == "JOB_STATE_SUCCEEDED"
+    results = [json.loads(line) for name in storage.list_blobs(batch["output_dir"])
+               for line in storage.read_text(f"{batch['output_dir']}/{name}").splitlines()]
+    assert [r["instance"]["dialogue"] for r in results] == [f"A: item {i}?\nB: ok {i}." for i in range(3)]
+    assert all(isinstance(r["prediction"], str) for r in results)
+
+    local = tmp_path / "serving" / "model"
+    _ok(capsys, "artifacts", "download", *common, "--local", str(local))
+    assert (local / "config.json").is_file()
+    # the endpoint served this very model: the same dialogue summarised here gives the same text
+    from flant5_lib.preprocess import load_preprocessing
+    from flant5_lib.inference import generate_summaries
+    from flant5_lib.modeling import load_model_and_tokenizer
+
+    one = "Amy: Is the car fixed?\nBen: Tomorrow, they said."
+    endpoint = vertex_jobs.get_endpoint(p)
+    (served,) = vertex_jobs.predict(p, endpoint, [one])
+    model, tok = load_model_and_tokenizer(str(local), device="cpu")
+    assert generate_summaries(model, tok, [one], load_preprocessing(local, load_params()), progress=False) == [served]
+    _ok(capsys, "artifacts", "upload", *common, "--local", str(local), "--uri", f"{stack.bucket}/copies/model")
+    assert sorted(storage.list_blobs(f"{stack.bucket}/copies/model")) == sorted(storage.list_blobs(f"{out_dir}/model"))
+
+    cleaned, _ = _ok(capsys, "cleanup", *common)
+    assert len(cleaned["endpoints"]) == 1 and len(cleaned["models"]) == 2
+    assert not stack.backend.deployments and not stack.backend.endpoints and not stack.backend.models
+    again, _ = _ok(capsys, "cleanup", *common)
+    assert again == {"endpoints": [], "models": []}  # idempotent
