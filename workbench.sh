@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The two commands of the README's quickstart.
+# The three commands of the README's quickstart.
 #   ./workbench.sh demo [flant5 run options]   set up .venv, run the notebook chain on params/local-smoke.yaml
+#   ./workbench.sh lab [--port N] [--no-browser] [jupyter lab options]
+#                                              set up .venv, open JupyterLab on notebooks/ with the "Python (flant5)" kernel
 #   ./workbench.sh test [pytest options]       set up .venv, run tests/ and then every notebook with nbval
 #   ./workbench.sh setup                       only create/update .venv and register its Jupyter kernel
 # Needs Python 3.11 (python3.11 on PATH, or PYTHON=/path/to/python3.11) and access to the package registries.
@@ -30,6 +32,16 @@ setup() {
     fi
 }
 
+browser_setup() {
+    # tests/workbench/test_run_page_browser.py screenshots a run page in headless Chromium; install Debian's package
+    # when it is missing and we may (root with apt-get). Otherwise that test is skipped with the reason.
+    if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "workbench.sh: installing chromium for the run-page browser test"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+            >/dev/null 2>&1 || echo "workbench.sh: could not install chromium; the browser test will be skipped" >&2
+    fi
+}
+
 pytest_step() {
     # pytest exit 5 = "no tests collected" (e.g. a -k filter matched nothing here): not a failure of the suite.
     local rc=0
@@ -50,6 +62,7 @@ case "${1:-}" in
     test)
         shift
         setup
+        browser_setup
         rc=0
         pytest_step tests/ "$@" || rc=$?
         # Every notebook must still run with its defaults (the local-smoke values) from a clean run folder.
@@ -62,12 +75,25 @@ case "${1:-}" in
         fi
         echo "workbench.sh: all tests and notebooks passed"
         ;;
+    lab)
+        shift
+        setup
+        # Loopback only; JupyterLab prints the URL with its token. The notebooks open on the "Python (flant5)" kernel
+        # (their metadata names it; setup registered it inside .venv). --port, --no-browser, ... pass through.
+        extra=()
+        if [ "$(id -u)" = 0 ]; then  # a container shell: JupyterLab refuses root unless told
+            echo "workbench.sh: running as root; passing --allow-root to JupyterLab (it still listens on 127.0.0.1 only)" >&2
+            extra=(--allow-root)
+        fi
+        exec "$VENV/bin/jupyter" lab --ip=127.0.0.1 --ServerApp.root_dir=notebooks \
+            --MappingKernelManager.default_kernel_name=flant5 "${extra[@]}" "$@"
+        ;;
     setup)
         setup
         echo "workbench.sh: $VENV is ready ($("$VENV/bin/python" --version))"
         ;;
     *)
-        echo "usage: ./workbench.sh demo|test|setup [options]" >&2
+        echo "usage: ./workbench.sh demo|lab|test|setup [options]" >&2
         exit 2
         ;;
 esac

@@ -2,11 +2,13 @@
 
 (a) classic: every example padded to max_source_length/max_target_length, fp32, random order;
 (b) defaults: dynamic padding per batch + length-grouped batches (+ bf16, TF32, fused AdamW on a GPU).
-Both go through `flant5_lib.train.train` (the real code path). Runs alternate a, b, a, b... and medians are
-quoted. The last line is JSON: {"speedup": examples/s of (b) over (a), ...}.
+Both go through `flant5_lib.train.train` (the real code path), source length 512. Runs alternate a, b, a, b...
+and medians are quoted. The last line is JSON: {"speedup": examples/s of (b) over (a), ...}; on a GPU it adds
+real (non-pad) tokens/s and the model FLOP utilisation (flant5_lib.train.flops: encoder-decoder FLOPs of the
+useful tokens against the GPU's dense bf16 peak).
 
     python benchmarks/train_bench.py --quick              # CPU: small T5, real SAMSum dialogues if present
-    python benchmarks/train_bench.py --device cuda        # GPU: flan-t5-base architecture, tokens/s and MFU
+    python benchmarks/train_bench.py --device cuda        # GPU: flan-t5-base architecture, bf16, tokens/s and MFU
 """
 
 from __future__ import annotations
@@ -26,8 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = Path(os.environ.get("FLANT5_SHARED", REPO.parent / "shared"))
 
-# Dense bf16 peak FLOP/s (NVIDIA data sheets, SXM parts; PCIe H100 is 756e12).
-PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L4": 121e12, "A10G": 70e12}
 
 
 def _training_folder(tmp: Path, n: int) -> tuple[str, str]:
@@ -58,16 +58,6 @@ def _count_parameters(model_dir: Path) -> int:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
-def _peak_flops() -> tuple[str, float | None]:
-    import torch
-
-    name = torch.cuda.get_device_name(0)
-    for key, peak in PEAK_BF16.items():
-        if key in name:
-            return name, (756e12 if key == "H100" and "PCIe" in name else peak)
-    return name, None
-
-
 def _one_run(base: dict[str, Any], overrides: dict[str, Any], run_dir: Path) -> dict[str, float]:
     from flant5_lib.config import build_params
     from flant5_lib.train.loop import train
@@ -81,6 +71,8 @@ def _one_run(base: dict[str, Any], overrides: dict[str, Any], run_dir: Path) -> 
         "padding_fraction": m["padding_fraction"],
         "runtime_s": runtime,
         "device": m["device"],
+        "tflops": m.get("model_tflops_per_second") or 0.0,
+        "mfu": m.get("mfu") or 0.0,  # train() computes it on a GPU whose bf16 peak it knows
     }
 
 
@@ -116,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         n_params = _count_parameters(model_dir)
         base = dict(model_name=str(model_dir), dataset=data_dir, missing_split="skip", eval_strategy="no", num_train_epochs=1,
                     per_device_train_batch_size=args.batch_size, save_steps=100000, logging_steps=50, learning_rate=1e-4,
-                    resume="never", seed=0)
+                    resume="never", seed=0, max_source_length=512, save_every_minutes=None)
         recipes = {
             "classic (pad to max, fp32, random order)": dict(pad_to_max_length=True, group_by_length=False, precision="fp32",
                                                              tf32=False, optim="adamw_torch"),
@@ -130,21 +122,20 @@ def main(argv: list[str] | None = None) -> int:
                 results[name].append(_one_run(base, over, tmp / f"run-{r}-{i}"))
                 print(f"  run {r + 1}/{repeats} {name}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
 
-    med = {k: {m: statistics.median(x[m] for x in v) for m in ("examples_per_s", "tokens_per_s", "padding_fraction")}
+    med = {k: {m: statistics.median(x[m] for x in v) for m in ("examples_per_s", "tokens_per_s", "padding_fraction", "tflops", "mfu")}
            for k, v in results.items()}
     (a_name, a), (b_name, b) = med.items()
-    peak = None
     if cuda:
-        gpu, peak = _peak_flops()
+        gpu = torch.cuda.get_device_name(0)
     print(f"\nTraining throughput, {size} T5 ({n_params / 1e6:.1f}M parameters), {n} dialogues of {source}, "
           f"batch {args.batch_size}, {results[b_name][0]['device']} / {results[a_name][0]['device']}; medians of {repeats} runs")
-    header = f"{'recipe':52s} {'examples/s':>11s} {'real tok/s':>11s} {'padding':>8s}" + (f" {'MFU':>6s}" if cuda else "")
+    header = f"{'recipe':52s} {'examples/s':>11s} {'real tok/s':>11s} {'padding':>8s} {'TFLOP/s':>8s}" + (f" {'MFU':>6s}" if cuda else "")
     print(header)
     print("-" * len(header))
     for name, m in med.items():
-        line = f"{name:52s} {m['examples_per_s']:11.1f} {m['tokens_per_s']:11.0f} {100 * m['padding_fraction']:7.1f}%"
+        line = f"{name:52s} {m['examples_per_s']:11.1f} {m['tokens_per_s']:11.0f} {100 * m['padding_fraction']:7.1f}% {m['tflops']:8.4g}"
         if cuda:
-            line += f" {100 * 6 * n_params * m['tokens_per_s'] / peak:5.1f}%" if peak else "     ?"
+            line += f" {100 * m['mfu']:5.1f}%" if m["mfu"] else "     ?"
         print(line)
     speedup = b["examples_per_s"] / a["examples_per_s"]
     print(f"{'ratio (b)/(a)':52s} {speedup:11.2f} {b['tokens_per_s'] / a['tokens_per_s']:11.2f}")
@@ -152,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                                "padding_classic": a["padding_fraction"], "padding_defaults": b["padding_fraction"],
                                "device": args.device, "model": size, "examples": n, "repeats": repeats}
     if cuda:
-        summary.update(gpu=gpu, tokens_per_s=round(b["tokens_per_s"]),
-                       mfu=round(6 * n_params * b["tokens_per_s"] / peak, 4) if peak else None)
+        summary.update(gpu=gpu, tokens_per_s=round(b["tokens_per_s"]), tflops=round(b["tflops"], 2), mfu=b["mfu"] or None,
+                       mfu_classic=a["mfu"] or None)
     print(json.dumps(summary))
     return 0
 

@@ -34,7 +34,7 @@ _PUBLIC = {
     "pick_device": "flant5_lib.modeling",
     "generate_summaries": "flant5_lib.inference",
     # exploration, evaluation, plots
-    "explore": "flant5_lib.explore",
+    "explore_dataset": "flant5_lib.explore",  # not "explore": that name is the submodule
     "format_dialogues": "flant5_lib.explore",
     "format_table": "flant5_lib.explore",
     "sample_dialogues": "flant5_lib.explore",

@@ -28,13 +28,25 @@ COMMAND_MODULES = [
 ]
 
 
+EXAMPLES = """examples:
+  flant5 run --params params/local-smoke.yaml          # the whole notebook chain, offline (./workbench.sh demo)
+  flant5 params check params/vertex-a100.yaml          # validate a params file before a GPU job starts
+  flant5 serve --model runs/local-smoke/model          # the prediction server on 127.0.0.1:8080"""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, like every other usage error
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="flant5", description="Fine-tune and serve Flan-T5 dialogue summarisers.")
+    parser = _Parser(
+        prog="flant5",
+        description="Fine-tune Flan-T5 on SAMSum-style dialogues, evaluate it, and serve it locally or on Vertex AI. "
+        "Every command reads the same parameters (`flant5 params list`); `flant5 COMMAND --help` has examples.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"flant5 {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -45,6 +45,10 @@ class Params(BaseModel):
     carve_fraction: float = Field(0.1, gt=0, lt=1, description="Fraction taken when missing_split='carve'.")
     max_train_samples: int | None = Field(None, ge=1, description="Use only the first N training dialogues (None: all).")
     max_eval_samples: int | None = Field(None, ge=1, description="Use only the first N validation/test dialogues (None: all).")
+    text_column: str = Field("dialogue", description="Column holding the dialogue in dataset files (DialogSum: 'dialogue'; "
+        "in-house data: whatever it is called). Applies to every loader and to `flant5 summarize` inputs.")
+    summary_column: str = Field("summary", description="Column holding the reference summary (DialogSum's test split: 'summary1').")
+    id_column: str = Field("id", description="Column holding the row id (DialogSum's JSONL: 'fname'); rows without one are numbered.")
 
     # --- preprocessing (shared by training, evaluation and serving) ---------------------------
     source_prefix: str = Field("summarize: ", description="Instruction put before every dialogue.")
@@ -87,9 +91,25 @@ class Params(BaseModel):
     pad_to_max_length: bool = Field(False, description="Classic recipe: pad every example to max_source_length (slow; for benchmarks).")
     logging_steps: int = Field(10, ge=1, description="Log loss every N steps (TensorBoard and trainer_state).")
     save_steps: int = Field(200, ge=1, description="Write a checkpoint every N steps.")
-    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (oldest deleted first).")
-    eval_strategy: Literal["no", "steps", "epoch"] = Field("epoch", description="When to compute validation loss.")
+    save_every_minutes: float | None = Field(
+        10.0, gt=0, description="Also write a checkpoint when this many minutes passed since the last one, so a Spot "
+        "preemption loses at most that much work (None: save_steps only)."
+    )
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (oldest deleted first; the best one is kept too).")
+    eval_strategy: Literal["no", "steps", "epoch"] = Field("epoch", description="When to evaluate on the validation split (loss and ROUGE).")
     eval_steps: int | None = Field(None, ge=1, description="With eval_strategy='steps': evaluate every N steps.")
+    eval_rouge_samples: int = Field(
+        200, ge=0, description="Validation dialogues generated and ROUGE-scored at each evaluation (0: loss only)."
+    )
+    metric_for_best_model: Literal["rougeLsum", "rougeL", "rouge1", "rouge2", "eval_loss"] = Field(
+        "rougeLsum", description="Validation metric that picks the best checkpoint and drives early stopping."
+    )
+    keep_best_model: bool = Field(True, description="Publish the checkpoint with the best validation metric, not the last one.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without a better metric_for_best_model (None: never)."
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the training loss (0: plain cross-entropy).")
+    max_grad_norm: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0: no clipping).")
     resume: Literal["auto", "never"] = Field("auto", description="'auto' resumes from the newest complete checkpoint.")
     distributed: Literal["auto", "ddp", "fsdp"] = Field("auto", description="Data-parallel engine under torchrun (fsdp for large/xl).")
     dataloader_num_workers: int = Field(0, ge=0, description="Worker processes feeding each device.")
@@ -104,15 +124,25 @@ class Params(BaseModel):
     eval_split: SplitName = Field("test", description="Split scored by `flant5 evaluate`.")
     num_beams: int = Field(1, ge=1, le=16, description="Beam width for generation (1 = greedy).")
     max_new_tokens: int = Field(96, ge=1, description="Most tokens generated per summary.")
+    length_penalty: float = Field(1.0, description="Beam search only: exponent on the length that divides a beam's score "
+        "(>1 favours longer summaries, <1 shorter). Saved in the model's generation_config.json.")
+    no_repeat_ngram_size: int = Field(0, ge=0, description="Never generate the same n-gram twice (3 stops 'Paris Paris Paris' "
+        "loops; 0 = off). Saved in the model's generation_config.json.")
+    repetition_penalty: float = Field(1.0, gt=0, description="Divides the score of tokens already generated or in the input "
+        "(1.0 = off; 1.2 is a common value). Saved in the model's generation_config.json.")
     bootstrap_samples: int = Field(1000, ge=10, description="Resamples for the 95% ROUGE confidence intervals.")
     baselines: list[Literal["lead3", "longest3"]] = Field(["lead3", "longest3"], description="Extractive baselines to compare with.")
     compare_untuned: bool = Field(True, description="Also score the model before fine-tuning.")
 
     # --- serving --------------------------------------------------------------------------------
-    serve_backend: Literal["hf", "ctranslate2"] = Field("hf", description="'hf' = transformers generate; 'ctranslate2' = int8 CTranslate2 on CPU.")
+    serve_backend: Literal["hf", "ctranslate2", "auto"] = Field("auto", description="'hf' = transformers generate; 'ctranslate2' = int8 "
+        "CTranslate2 on CPU; 'auto' = chosen from the detected hardware (CTranslate2 on a CPU, transformers on a GPU), logged at start-up.")
     serve_ct2_compute_type: Literal["int8", "int8_float32", "float32"] = Field(
         "int8", description="CTranslate2 weights/compute type (the converted model is cached as <model>/ct2-<type>)."
     )
+    serve_ct2_split_batches: bool = Field(True, description="CPU: cut each micro-batch into length-sorted sub-batches of 4, decoded "
+        "in parallel by one single-threaded CTranslate2 replica per thread (less padding; about 200 MB more memory per thread "
+        "for flan-t5-base int8). False: one replica, whole batches.")
     serve_threads: int = Field(0, ge=0, description="CPU threads per generate call (torch and CTranslate2); 0 = one per core. "
         "Use 1 on a shared, oversubscribed machine: busy OpenMP threads thrash there.")
     serve_max_instances: int = Field(64, ge=1, description="Most instances accepted in one request.")
@@ -121,6 +151,17 @@ class Params(BaseModel):
     serve_deadline_s: float = Field(55.0, gt=0, description="Prediction deadline (Vertex cuts requests at 60 s).")
     serve_max_new_tokens_limit: int = Field(256, ge=1, description="Upper bound on the per-request max_new_tokens parameter.")
     serve_max_beams_limit: int = Field(8, ge=1, description="Upper bound on the per-request num_beams parameter.")
+    serve_max_queue_dialogues: int = Field(0, ge=0, description="Most dialogues queued or being generated; a request "
+        "that would go over is answered 429 with Retry-After at once. 0 = 4 x serve_max_batch_size.")
+    serve_max_queue_cost: int = Field(0, ge=0, description="Most queued + in-flight work in decoder steps (dialogues x "
+        "num_beams x max_new_tokens); over it: 429. 0 = auto: what this server generates in half of serve_deadline_s, "
+        "measured at warm-up and re-measured on every batch.")
+    serve_load_retries: int = Field(3, ge=0, description="Retries (backoff 1, 2, 4... s) of a failed model download at "
+        "start-up; then the process exits non-zero so Vertex fails the deployment and Kubernetes restarts the pod.")
+    serve_body_timeout_s: float = Field(10.0, gt=0, description="Longest a client may take to send its request body (408).")
+    serve_shutdown_timeout_s: int = Field(25, ge=1, description="Graceful drain on SIGTERM; keep it below Vertex's 30 s "
+        "grace period. The container reads FLANT5_SERVE_SHUTDOWN_TIMEOUT_S.")
+    serve_docs: bool = Field(False, description="Serve the Swagger UI at /docs (/openapi.json is always served).")
 
     # --- Google Cloud / Vertex AI ---------------------------------------------------------------
     vertex_mode: Literal["local", "cloud"] = Field(
@@ -137,11 +178,20 @@ class Params(BaseModel):
     train_accelerator_count: int = Field(1, ge=0, description="GPUs per training replica.")
     train_replica_count: int = Field(1, ge=1, description="Training replicas (>1 = multi-node torchrun).")
     train_spot: bool = Field(False, description="Use Spot VMs for training (cheaper, may be preempted; checkpoints resume).")
-    train_container_uri: str = Field(
-        "us-docker.pkg.dev/vertex-ai/training/pytorch-gpu.2-4.py310:latest",
-        description="Training image (a prebuilt PyTorch image, or one built from the project's training Dockerfile).",
+    image_registry: str | None = Field(
+        None, description="Artifact Registry repository of the project's images, REGION-docker.pkg.dev/PROJECT/REPO "
+        "(None: <gcp_region>-docker.pkg.dev/<gcp_project>/flant5); `flant5 vertex build` pushes there.",
     )
-    serving_container_uri: str | None = Field(None, description="Serving image built from serving/Dockerfile (Artifact Registry URI).")
+    image_tag: str = Field("latest", description="Tag of the project's images (flant5-train, flant5-serve, flant5-serve-gpu).")
+    train_container_uri: str | None = Field(
+        None,
+        description="Training image (None: the project's flant5-train image from training/Dockerfile in image_registry). "
+        "A prebuilt image needs train_job_kind: script and a row in params/tables/images.yaml.",
+    )
+    serving_container_uri: str | None = Field(
+        None, description="Serving image (None: the project's flant5-serve, or flant5-serve-gpu when "
+        "deploy_accelerator_type is set). When set, `vertex train` also registers the model (job.run).",
+    )
     train_display_name: str = Field("flan-t5-samsum-train", description="Vertex training job name.")
     model_display_name: str = Field("flan-t5-samsum", description="Model Registry display name.")
     endpoint_display_name: str = Field("flan-t5-samsum-endpoint", description="Endpoint display name.")
@@ -155,12 +205,13 @@ class Params(BaseModel):
         None, description="Named machine preset (`flant5 vertex presets`); sets machine, accelerator, count and replicas."
     )
     train_job_kind: Literal["script", "container"] = Field(
-        "script",
-        description="'script' = CustomTrainingJob on the prebuilt PyTorch image (installs the project at start); "
-        "'container' = CustomContainerTrainingJob on an image built from training/Dockerfile (train_container_uri).",
+        "container",
+        description="'container' = CustomContainerTrainingJob on the project's training image (training/Dockerfile); "
+        "'script' = CustomTrainingJob on a prebuilt PyTorch image that installs the project at start.",
     )
     train_requirements: list[str] | None = Field(
-        None, description="pip requirements for 'script' jobs (None: the project's own dependencies minus torch)."
+        None, description="pip requirements for 'script' jobs (None: the project's base and [train] dependencies, "
+        "torch included, pinned to constraints.txt)."
     )
     train_output_dir: str | None = Field(
         None, description="gs:// base_output_dir of the training job (None: <staging_bucket>/runs/<train_display_name>)."
@@ -193,6 +244,10 @@ class Params(BaseModel):
         problems: list[str] = []
         if self.eval_strategy == "steps" and self.eval_steps is None:
             problems.append("eval_steps: required when eval_strategy is 'steps'")
+        if self.metric_for_best_model != "eval_loss" and self.eval_rouge_samples == 0 and self.eval_strategy != "no":
+            problems.append("metric_for_best_model: ROUGE needs eval_rouge_samples > 0 (or use eval_loss)")
+        if self.early_stopping_patience is not None and self.eval_strategy == "no":
+            problems.append("early_stopping_patience: needs eval_strategy 'steps' or 'epoch'")
         if self.deploy_max_replicas < self.deploy_min_replicas:
             problems.append("deploy_max_replicas: must be >= deploy_min_replicas")
         if self.staging_bucket is not None and not self.staging_bucket.startswith("gs://"):
@@ -250,17 +305,36 @@ def read_params_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+def _fits(annotation: Any, value: Any) -> bool:
+    from pydantic import TypeAdapter
+
+    try:
+        TypeAdapter(annotation).validate_python(value)
+    except ValidationError:
+        return False
+    return True
+
+
 def parse_set(items: list[str] | None) -> dict[str, Any]:
-    """Parse `--set key=value` items; values are YAML scalars (so 1e-4, true, null work)."""
+    """Parse `--set key=value` items; values are YAML scalars (so 1e-4, true, null work), read against the field's type.
+
+    YAML alone reads `no`/`off`/`yes` as booleans and `123` as a number; when that does not fit the field but the
+    text does (`eval_strategy=no`, `run_dir=123`), the text is kept.
+    """
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
             raise ParamsError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
+        key = key.strip()
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+            value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
-            out[key.strip()] = raw
+            value = raw
+        field = Params.model_fields.get(key)
+        if field is not None and value != raw and not _fits(field.annotation, value) and _fits(field.annotation, raw):
+            value = raw
+        out[key] = value
     return out
 
 

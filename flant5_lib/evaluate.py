@@ -28,10 +28,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "google/flan-t5-base"
-GENERATION_FIELDS = (
-    "source_prefix", "turn_separator", "max_source_length", "num_beams", "max_new_tokens",
-    "per_device_eval_batch_size", "tokenizer_name", "max_eval_samples", "bootstrap_samples", "seed",
+# The settings recorded under "params" in metrics.json: what shaped the inputs, the generation and the scores.
+RECORDED_FIELDS = (
+    "source_prefix", "turn_separator", "max_source_length", "num_beams", "max_new_tokens", "length_penalty",
+    "no_repeat_ngram_size", "repetition_penalty", "per_device_eval_batch_size", "tokenizer_name", "max_eval_samples",
+    "bootstrap_samples", "seed",
 )
+CAPPED_WARN_SHARE = 0.01  # over 1% of summaries cut by max_new_tokens: ROUGE is scored on truncated texts
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -66,17 +69,20 @@ def _check_model_spec(spec: str) -> None:
 def score_predictions(
     records: Sequence[Mapping[str, str]], predictions: Sequence[str], params: Params
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """ROUGE summary (means, intervals, buckets) and the per-example rows for predictions.jsonl."""
+    """ROUGE summary (means, intervals, buckets, repetition share) and the per-example rows for predictions.jsonl."""
     from flant5_lib.data import split_turns
 
     refs = [r["summary"] for r in records]
     per_example = M.per_example_rouge(predictions, refs)
     turns = [len(split_turns(r["dialogue"])) for r in records]
     summary = M.summarize_scores(per_example, turns, samples=params.bootstrap_samples, seed=params.seed)
+    loops = [M.repetition_loop(p) for p in predictions]
+    summary["repetition_share"] = sum(x is not None for x in loops) / max(len(loops), 1)
+    summary["repetition_rule"] = M.LOOP_RULE
     rows = [
         {"id": r["id"], "dialogue": r["dialogue"], "reference": r["summary"], "prediction": p,
-         "n_turns": t, "bucket": M.size_bucket(t), **{k: round(s[k], 4) for k in M.ROUGE_KEYS}}
-        for r, p, t, s in zip(records, predictions, turns, per_example)
+         "n_turns": t, "bucket": M.size_bucket(t), **{k: round(s[k], 4) for k in M.ROUGE_KEYS}, "repetition": loop}
+        for r, p, t, s, loop in zip(records, predictions, turns, per_example, loops)
     ]
     return summary, rows
 
@@ -106,7 +112,7 @@ def baseline_metrics(params: Params, method: str, records: Sequence[Mapping[str,
     summary, rows = score_predictions(records, preds, params)
     words = _words(preds)
     result = {**_base_info(params, split, method), "model": None, "method": method, **summary,
-              "gen_len": words, "gen_len_unit": "words", "gen_words": words}
+              "gen_len": words, "gen_len_unit": "words", "gen_words": words, "capped_share": None}
     return result, rows
 
 
@@ -134,6 +140,29 @@ def write_eval_dir(
         )
     log.info("wrote %s", out_dir)
     return Path(out_dir)
+
+
+def model_selection(model_dir: str | os.PathLike[str], reported_split: str) -> dict[str, Any]:
+    """Which split chose this model (from the training run's train_metrics.json in the model folder) beside the split
+    scored here. Picking a checkpoint on the split you then report inflates the score: that is flagged."""
+    path = Path(model_dir) / "train_metrics.json"
+    train: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            train = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            log.warning("%s: not valid JSON; model selection unknown", path)
+    selected = train.get("selection_split")
+    info = {
+        "selection_split": selected,
+        "reported_split": reported_split,
+        "selection_metric": train.get("metric_for_best_model"),
+        "selected_step": train.get("published_step"),
+    }
+    if selected is not None and selected == reported_split:
+        info["selection_warning"] = f"the model was selected on the {selected} split it is scored on: the score is optimistic"
+        log.warning("%s: %s", model_dir, info["selection_warning"])
+    return info
 
 
 def default_out_dir(params: Params, name: str) -> Path:
@@ -166,7 +195,7 @@ def evaluate_model(
     name: str = "finetuned",
 ) -> dict[str, Any]:
     """Generate summaries for a split, score them, compare with the baselines in params.baselines, write eval/<name>/."""
-    from flant5_lib.inference import generate_summaries
+    from flant5_lib.inference import generate_summaries_capped
     from flant5_lib.modeling import load_model_and_tokenizer, pick_device, resolve_model_path
     from flant5_lib.preprocess import load_preprocessing
 
@@ -177,13 +206,19 @@ def evaluate_model(
     model_spec = resolve_model_path(params, spec)
     device = pick_device()
     model, tokenizer = load_model_and_tokenizer(model_spec, params.tokenizer_name, device)
-    params = load_preprocessing(model_spec, params)  # score the model on inputs prepared as in its training
+    params = load_preprocessing(model_spec, params)  # inputs prepared as in training; the model's generation defaults
     dialogues = [r["dialogue"] for r in records]
     log.info("generating %d summaries with %s on %s", len(dialogues), model_spec, device)
     t0 = time.perf_counter()
-    preds = generate_summaries(model, tokenizer, dialogues, params, progress=True)
+    preds, capped = generate_summaries_capped(model, tokenizer, dialogues, params, progress=True)
     seconds = time.perf_counter() - t0
     summary, rows = score_predictions(records, preds, params)
+    for row, cut in zip(rows, capped):
+        row["capped"] = cut
+    capped_share = sum(capped) / len(capped)
+    if capped_share > CAPPED_WARN_SHARE:
+        log.warning("%.1f%% of summaries reached max_new_tokens=%d and were cut; raise max_new_tokens",
+                    100 * capped_share, params.max_new_tokens)
     gen_tokens = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in preds]
     baselines = {m: baseline_metrics(params, m, records, split)[0] for m in params.baselines}
     result = {
@@ -193,7 +228,10 @@ def evaluate_model(
         "gen_len": sum(gen_tokens) / len(gen_tokens),
         "gen_len_unit": "tokens of the model's tokenizer (predictions re-tokenised, no special tokens)",
         "gen_words": _words(preds),
-        "params": {k: getattr(params, k) for k in GENERATION_FIELDS},
+        "capped_share": capped_share,
+        "capped_rule": f"no end-of-sequence token within max_new_tokens={params.max_new_tokens}",
+        **model_selection(model_spec, split),
+        "params": {k: getattr(params, k) for k in RECORDED_FIELDS},
         "device": str(device),
         "generation_seconds": round(seconds, 3),
         "dialogues_per_second": round(len(preds) / seconds, 3) if seconds > 0 else None,

@@ -140,7 +140,9 @@ def load_tokenizer_for(params: Params, tokenizer_dir: str | os.PathLike[str] | N
     try:
         return load_tokenizer(params.tokenizer_name or resolve_model_path(params))
     except ModelError as err:  # typically a hub id while offline
-        raise ModelError(f"{err}; pass --tokenizer DIR (a local tokenizer folder) or --no-tokens") from None
+        # the notebook's parameter first; the flags are `flant5 data explore`'s
+        raise ModelError(f"{err}; set tokenizer_name to a local tokenizer folder (flant5 data explore: --tokenizer DIR "
+                         "or --no-tokens)") from None
 
 
 def dataset_stats(
@@ -240,7 +242,7 @@ def write_stats(
     return written
 
 
-def explore(
+def explore_dataset(
     params: Params,
     *,
     tokenizer_dir: str | os.PathLike[str] | None = None,
@@ -251,9 +253,9 @@ def explore(
     multiple: int = 16,
 ) -> dict[str, Any]:
     """Load every split of `params.dataset`, measure it, and write stats.json + plots to `out_dir`."""
-    from flant5_lib.data import load_splits
+    from flant5_lib.data import Columns, load_splits
 
-    dd = load_splits(params.dataset, missing_split="skip", seed=params.seed)
+    dd = load_splits(params.dataset, missing_split="skip", seed=params.seed, columns=Columns.from_params(params))
     tokenizer = load_tokenizer_for(params, tokenizer_dir) if with_tokens else None
     stats = dataset_stats(
         dd, params, tokenizer, source_percentile=source_percentile, target_percentile=target_percentile, multiple=multiple
@@ -261,6 +263,10 @@ def explore(
     if out_dir is not None:
         stats["files"] = {k: str(v) for k, v in write_stats(stats, out_dir, params).items()}
     return stats
+
+
+# The CLI's name for it. `flant5_lib.explore` (the package face) is this module, so the public name is explore_dataset.
+explore = explore_dataset
 
 
 def sample_dialogues(ds: datasets.Dataset, n: int = 3, seed: int | None = None) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flant5_lib.preprocess import encode_sources
@@ -23,16 +23,42 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 
 
 def generation_kwargs(
-    params: Params, *, max_new_tokens: int | None = None, min_new_tokens: int | None = None, num_beams: int | None = None
+    params: Params,
+    *,
+    max_new_tokens: int | None = None,
+    min_new_tokens: int | None = None,
+    num_beams: int | None = None,
+    length_penalty: float | None = None,
+    no_repeat_ngram_size: int | None = None,
+    repetition_penalty: float | None = None,
 ) -> dict[str, Any]:
+    """The one place generation settings are resolved: a per-call value, else `params` (which
+    `preprocess.load_preprocessing` filled from the model's generation_config.json). Options at their neutral value
+    are left out, so a backend that lacks one (CTranslate2) still serves the settings it has."""
+    beams = num_beams or params.num_beams
     kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens or params.max_new_tokens,
-        "num_beams": num_beams or params.num_beams,
+        "num_beams": beams,
         "do_sample": False,
     }
     if min_new_tokens:
         kwargs["min_new_tokens"] = min_new_tokens
+    chosen = {
+        "length_penalty": _pick(length_penalty, params.length_penalty) if beams > 1 else NEUTRAL["length_penalty"],
+        "no_repeat_ngram_size": _pick(no_repeat_ngram_size, params.no_repeat_ngram_size),
+        "repetition_penalty": _pick(repetition_penalty, params.repetition_penalty),
+    }
+    kwargs.update({k: v for k, v in chosen.items() if v != NEUTRAL[k]})
     return kwargs
+
+
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+# transformers' values that change nothing. `generate_from_ids` passes them for every option left out, so the
+# model's own generation_config.json can never slip in a setting that `generation_kwargs` did not choose.
+NEUTRAL: dict[str, Any] = {"length_penalty": 1.0, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0}
 
 
 def generate_from_ids(
@@ -42,6 +68,16 @@ def generate_from_ids(
     gen_kwargs: dict[str, Any],
 ) -> list[str]:
     """One padded batch through `generate`; returns the decoded summaries in the same order."""
+    return _generate_batch(model, tokenizer, input_ids, gen_kwargs)[0]
+
+
+def _generate_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    input_ids: Sequence[Sequence[int]],
+    gen_kwargs: dict[str, Any],
+) -> tuple[list[str], list[bool]]:
+    """Decoded summaries, and which of them were cut by max_new_tokens (no end-of-sequence token generated)."""
     import torch
 
     width = max(len(s) for s in input_ids)
@@ -49,8 +85,9 @@ def generate_from_ids(
     ids = torch.tensor([list(s) + [pad] * (width - len(s)) for s in input_ids], device=model.device)
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in input_ids], device=model.device)
     with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
-    return [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
+        out = model.generate(input_ids=ids, attention_mask=mask, **{**NEUTRAL, **gen_kwargs})
+    capped = (out[:, 1:] != tokenizer.eos_token_id).all(dim=1).tolist()  # column 0 is the decoder start token
+    return [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)], capped
 
 
 def generate_summaries(
@@ -66,19 +103,63 @@ def generate_summaries(
     progress: bool = True,
 ) -> list[str]:
     """Summaries in input order, generated in length-sorted batches (far less padding than input order)."""
+    return generate_summaries_capped(
+        model, tokenizer, dialogues, params, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens, num_beams=num_beams, progress=progress,
+    )[0]
+
+
+def generate_summaries_capped(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dialogues: Sequence[str],
+    params: Params,
+    *,
+    batch_size: int | None = None,
+    max_new_tokens: int | None = None,
+    min_new_tokens: int | None = None,
+    num_beams: int | None = None,
+    progress: bool = True,
+) -> tuple[list[str], list[bool]]:
+    """`generate_summaries`, plus which summaries hit max_new_tokens before ending: a cut summary scores ROUGE
+    on a truncated text, so evaluation reports their share (`capped_share` in metrics.json)."""
+    return summarize_batches(
+        lambda ids, kwargs: _generate_batch(model, tokenizer, ids, kwargs), tokenizer, dialogues, params,
+        batch_size=batch_size, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams,
+        progress=progress,
+    )
+
+
+def summarize_batches(
+    generate_batch: Callable[[list[Sequence[int]], dict[str, Any]], tuple[list[str], list[bool]]],
+    tokenizer: PreTrainedTokenizerBase,
+    dialogues: Sequence[str],
+    params: Params,
+    *,
+    batch_size: int | None = None,
+    max_new_tokens: int | None = None,
+    min_new_tokens: int | None = None,
+    num_beams: int | None = None,
+    progress: bool = True,
+) -> tuple[list[str], list[bool]]:
+    """The one batch loop: encode with the shared preprocessing, generate in length-sorted batches with any engine
+    (`generate_batch(ids, gen_kwargs) -> (texts, capped)`: transformers here, a serving backend for `flant5
+    summarize`), and put the summaries back in input order."""
     from tqdm.auto import tqdm
 
     if not dialogues:
-        return []
+        return [], []
     input_ids, truncated = encode_sources(tokenizer, dialogues, params)
     if any(truncated):
         log.info("%d of %d dialogues were truncated to %d tokens", sum(truncated), len(dialogues), params.max_source_length)
     gen_kwargs = generation_kwargs(params, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams)
     results: list[str] = [""] * len(dialogues)
+    capped: list[bool] = [False] * len(dialogues)
     batches = length_sorted_batches([len(s) for s in input_ids], batch_size or params.per_device_eval_batch_size)
     with tqdm(total=len(dialogues), desc="generating", unit="dlg", disable=not progress) as bar:
         for batch in batches:
-            for i, text in zip(batch, generate_from_ids(model, tokenizer, [input_ids[i] for i in batch], gen_kwargs)):
-                results[i] = text
+            texts, cut = generate_batch([input_ids[i] for i in batch], gen_kwargs)
+            for i, text, c in zip(batch, texts, cut):
+                results[i], capped[i] = text, c
             bar.update(len(batch))
-    return results
+    return results, capped

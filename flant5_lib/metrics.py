@@ -142,6 +142,34 @@ def bootstrap_ci(
     return (float(min(lo, mean)), float(max(hi, mean)))
 
 
+_WORD = re.compile(r"\w+(?:'\w+)?")
+# A loop is a block of words repeated back to back: one word three times in a row ("Paris Paris Paris"; twice is
+# normal English, "very very"), or a block of two or more words twice in a row ("will meet at will meet at",
+# a whole sentence said again). Repeats far apart ("Tom ... Tom ...") are not loops.
+LOOP_RULE = "a word 3 times in a row, or a block of 2+ words twice in a row (lower-cased words, punctuation ignored)"
+
+
+def repetition_loop(text: str) -> str | None:
+    """The first looping block in `text` (as in LOOP_RULE), or None: greedy decoding's typical failure."""
+    words = _WORD.findall(text.lower())
+    n_words = len(words)
+    for start in range(n_words):
+        for size in range(1, (n_words - start) // 2 + 1):
+            if words[start + size] != words[start]:  # cheap test first: keeps this ~O(n^2) on long outputs
+                continue
+            block = words[start : start + size]
+            if words[start + size : start + 2 * size] != block:
+                continue
+            if size > 1 or words[start + 2 : start + 3] == block:
+                return " ".join(block)
+    return None
+
+
+def repetition_share(texts: Sequence[str]) -> float:
+    """Share of texts with a repetition loop (0..1): the metrics.json field `repetition_share`."""
+    return sum(repetition_loop(t) is not None for t in texts) / len(texts) if texts else 0.0
+
+
 def size_bucket(n_turns: int) -> str:
     """SAMSum's size bucket for a dialogue with `n_turns` utterances (out-of-range counts are clamped)."""
     for bucket in BUCKETS[:-1]:

@@ -5,11 +5,12 @@ Weights are read and written as safetensors only: a pickle in a model folder can
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flant5_lib.errors import ModelError
@@ -22,8 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Flan-T5 is T5 v1.1: gated-GELU feed-forward, no decoder-output scaling (transformers 5 derives that from
-# tie_word_embeddings=False in the config), dropout off for the tiny models.
+# Flan-T5 is T5 v1.1: gated-GELU feed-forward, an output layer of its own (not tied to the embeddings) and no
+# decoder-output scaling (transformers 5 derives that from tie_word_embeddings=False), dropout off for the tiny models.
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "tiny": dict(d_model=128, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4),
     "small": dict(d_model=256, d_kv=32, d_ff=512, num_layers=4, num_decoder_layers=4, num_heads=8),
@@ -98,11 +99,9 @@ def build_tiny_model(
         **ARCHITECTURES[size],
     )
     model = T5ForConditionalGeneration(config)
+    _init_output_layer(model)
     with torch.no_grad():
-        # Embeddings are tied in transformers 5, so with a random pad row the decoder (which starts from <pad>)
-        # would echo <pad> forever and every untrained summary would be empty. A zero pad row, as nn.Embedding's
-        # padding_idx would give, makes the untrained model emit varied tokens that tests can compare.
-        model.shared.weight[config.pad_token_id].zero_()
+        model.shared.weight[config.pad_token_id].zero_()  # as nn.Embedding's padding_idx: the pad row carries nothing
     model.generation_config = GenerationConfig(
         decoder_start_token_id=config.decoder_start_token_id,
         eos_token_id=config.eos_token_id,
@@ -111,6 +110,40 @@ def build_tiny_model(
     out = save_model(model, tokenizer, out_dir)
     log.info("built %s T5 (%.1fM parameters, vocab %d) in %s", size, model.num_parameters() / 1e6, vocab, out)
     return out
+
+
+def _init_output_layer(model: PreTrainedModel) -> None:
+    """Give a from-scratch model Flan-T5's own output layer, initialised for unit-scale logits.
+
+    transformers 5 builds every T5 with the output layer tied to the embeddings (std 1.0) and, for v1.1, without the
+    d_model**-0.5 rescaling that tying needs: logits start with std ~sqrt(d_model) and the first loss is 65-177
+    instead of ln(vocab). An untied layer drawn with std d_model**-0.5 (mesh-tensorflow's fan-in init for T5 v1.1's
+    logits layer) starts near ln(vocab), as the real architecture does.
+    """
+    import torch
+
+    d_model, vocab = model.config.d_model, model.config.vocab_size
+    head = torch.nn.Linear(d_model, vocab, bias=False)
+    torch.nn.init.normal_(head.weight, mean=0.0, std=d_model**-0.5)
+    model.lm_head = head
+    keep_output_layer_untied(model)
+
+
+def keep_output_layer_untied(model: PreTrainedModel) -> None:
+    """Stop any later `tie_weights()` from copying the embeddings over a Flan-T5 output layer.
+
+    transformers 5 forces `tie_word_embeddings=True` on every T5 config; from_pretrained keeps a checkpoint's own
+    lm_head only because both tensors are in the file. A later `model.tie_weights()` (accelerate's FSDP2
+    preparation, resize_token_embeddings) re-reads the forced flag and silently replaces the output layer with the
+    embeddings: the fine-tune would start from a broken model. Dropping lm_head from this instance's tie map keeps
+    the encoder/decoder embeddings tied to `shared`, as they must be.
+    """
+    tied = getattr(model, "_tied_weights_keys", None)
+    head, shared = getattr(model, "lm_head", None), getattr(model, "shared", None)
+    if not tied or "lm_head.weight" not in tied or head is None or shared is None or head.weight is shared.weight:
+        return
+    model._tied_weights_keys = {k: v for k, v in tied.items() if k != "lm_head.weight"}
+    getattr(model, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
 
 
 def write_model_folder(
@@ -143,6 +176,10 @@ def save_model(
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
+    from flant5_lib.hub import looks_like_hub_id, require_hub
+
+    if looks_like_hub_id(name_or_path):
+        require_hub(name_or_path, field="tokenizer", hint="use a local tokenizer or model folder")
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except Exception as err:
@@ -187,17 +224,43 @@ def load_model_and_tokenizer(
             raise ModelError(f"{path}: no .safetensors weights; only safetensors are loaded (re-save with safe_serialization=True)")
     elif name_or_path.startswith((".", "/", "~")):
         raise ModelError(f"{name_or_path}: no such model folder")
+    else:
+        from flant5_lib.hub import require_hub
+
+        require_hub(name_or_path, field="model", hint="use a local model folder, a gs:// folder or 'tiny'")
     try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, use_safetensors=True)
+        with _quiet_untied_head_warning():
+            model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, use_safetensors=True)
     except OSError as err:
         raise ModelError(
             f"model {name_or_path!r}: cannot be loaded ({str(err).splitlines()[0]}); check the hub id and network, or use a "
             "local folder / 'tiny'"
         ) from None
+    keep_output_layer_untied(model)
     tokenizer = load_tokenizer(tokenizer_name or name_or_path)
     model.to(device or pick_device())
     model.eval()
     return model, tokenizer
+
+
+class _UntiedHeadFilter(logging.Filter):
+    """transformers 5 warns on every Flan-T5 load that lm_head and the embeddings differ and tells the user to set
+    tie_word_embeddings=False, which its T5 config then ignores: for this model family the message is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("lm_head.weight" in message and "will NOT tie them" in message)
+
+
+@contextlib.contextmanager
+def _quiet_untied_head_warning() -> Iterator[None]:
+    target = logging.getLogger("transformers.modeling_utils")
+    quiet = _UntiedHeadFilter()
+    target.addFilter(quiet)
+    try:
+        yield
+    finally:
+        target.removeFilter(quiet)
 
 
 def _load_adapter(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flant5_lib.data import split_turns
+from flant5_lib.errors import ModelError, UserError
 
 if TYPE_CHECKING:
     from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
@@ -19,32 +20,82 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LABEL_PAD = -100  # ignored by the loss
-# The preprocessing contract: a model folder carries the params it was trained with in this file, and evaluation,
-# serving and the batch CLI read these fields back, whatever their own params say, so the model never sees inputs
-# prepared differently from those it learned from.
+# The model folder's contract, in two files. flant5_params.yaml carries the params the model was trained with:
+# evaluation, serving and the batch CLI read the preprocessing fields back, whatever their own params say, so the
+# model never sees inputs prepared differently from those it learned from. generation_config.json (transformers'
+# own file, so `pipeline()` and CTranslate2 users get it too) carries the generation settings: those are only
+# defaults, and a value the caller sets explicitly (params file, --set, a request parameter) wins.
 MODEL_PARAMS_FILE = "flant5_params.yaml"
 PREPROCESSING_FIELDS = ("source_prefix", "turn_separator", "max_source_length")
+GENERATION_CONFIG_FILE = "generation_config.json"
+GENERATION_FIELDS = ("num_beams", "max_new_tokens", "length_penalty", "no_repeat_ngram_size", "repetition_penalty")
 
 
 def save_preprocessing(params: Params, folder: str | os.PathLike[str]) -> Path:
-    """Write the resolved params (the preprocessing contract among them) into a model folder."""
+    """Write the resolved params (the preprocessing contract among them) and the generation settings into a model
+    folder; the token ids already in its generation_config.json (decoder start, eos, pad) are kept."""
     from flant5_lib.config import save_params
 
+    save_generation_config(params, folder)
     return save_params(params, Path(folder) / MODEL_PARAMS_FILE)
 
 
+def save_generation_config(params: Params, folder: str | os.PathLike[str]) -> Path:
+    """generation_config.json with every generation field written out (a missing key would mean transformers'
+    default, not this run's choice). length_penalty is left out with greedy decoding, where transformers refuses it."""
+    from transformers import GenerationConfig
+
+    path = Path(folder) / GENERATION_CONFIG_FILE
+    config = GenerationConfig.from_pretrained(folder) if path.is_file() else GenerationConfig()
+    settings = {k: getattr(params, k) for k in GENERATION_FIELDS}
+    if params.num_beams == 1:
+        settings.pop("length_penalty")
+        config.length_penalty = GenerationConfig().length_penalty
+    config.update(**settings)
+    try:
+        config.validate(strict=True)  # the check save_pretrained makes; Params' own bounds already rule out most
+    except ValueError as err:  # never lose a finished training run over it: say so, write the file anyway
+        log.warning("%s: transformers objects to these generation settings: %s", path, str(err).splitlines()[1:2])
+    data = {**config.to_diff_dict(), **settings}
+    if "length_penalty" not in settings:
+        data.pop("length_penalty", None)
+    from flant5_lib.fileio import write_json
+
+    return write_json(path, data)
+
+
+def _saved_generation(folder: Path) -> dict[str, Any]:
+    import json
+
+    path = folder / GENERATION_CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{path}: not valid JSON ({err.msg}); re-save the model") from None
+    return {k: saved[k] for k in GENERATION_FIELDS if saved.get(k) is not None}
+
+
 def load_preprocessing(folder: str | os.PathLike[str], params: Params) -> Params:
-    """`params` with the preprocessing fields replaced by those saved in the model folder (unchanged when absent)."""
+    """`params` as the model folder dictates: its preprocessing fields always, its saved generation settings for
+    every generation field the caller did not set explicitly (unchanged when the files are absent)."""
     from flant5_lib.config import read_params_file
 
-    path = Path(folder) / MODEL_PARAMS_FILE
-    if not path.is_file():
-        return params
-    saved = read_params_file(path)
-    picked = {k: saved[k] for k in PREPROCESSING_FIELDS if k in saved and saved[k] != getattr(params, k)}
-    if picked:
-        log.info("preprocessing from %s: %s", path, ", ".join(f"{k}={v!r}" for k, v in picked.items()))
-        params = params.with_overrides(**picked)
+    folder = Path(folder)
+    picked: dict[str, Any] = {}
+    path = folder / MODEL_PARAMS_FILE
+    if path.is_file():
+        saved = read_params_file(path)
+        picked = {k: saved[k] for k in PREPROCESSING_FIELDS if k in saved and saved[k] != getattr(params, k)}
+    defaults = {k: v for k, v in _saved_generation(folder).items()
+                if k not in params.model_fields_set and v != getattr(params, k)}
+    if picked or defaults:
+        log.info("from the model folder %s: %s", folder, ", ".join(f"{k}={v!r}" for k, v in {**picked, **defaults}.items()))
+        try:
+            params = params.with_overrides(**picked, **defaults)
+        except UserError as err:  # a hand-edited file with an out-of-range value: name the folder, not "overrides"
+            raise ModelError(f"model folder {folder}: {err}") from None
     return params
 
 

@@ -163,8 +163,11 @@ def download_dir(uri: str, local: str | os.PathLike[str], *, client: Any = None)
         raise CloudError(f"{uri}: no files found; check the path (a model folder holds config.json)")
     base = f"{prefix}/" if prefix else ""
     with atomic_path(local) as tmp:
+        root = Path(tmp).resolve()
         for rel in tqdm(names, desc=f"download {prefix or bucket.name}", unit="file", leave=False, disable=len(names) < 2):
-            dest = tmp / rel
+            dest = (root / rel).resolve()
+            if not dest.is_relative_to(root) or dest == root:  # an object named '../x' or '/x' must not escape
+                raise CloudError(f"gs://{bucket.name}/{base}{rel}: object name leaves the download folder; refused")
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:
                 bucket.blob(base + rel).download_to_filename(str(dest))

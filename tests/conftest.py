@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny model built once per session, the real SAMSum folder, free ports."""
+"""Shared fixtures: a tiny model built once per session, the GCS emulator, the real SAMSum folder and T5 vocabulary."""
 
 from __future__ import annotations
 
@@ -11,6 +11,14 @@ from tests.helpers import SAMSUM_DIR, T5_TOKENIZER_DIR
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`samsum` marks every test that reads ../shared (through these fixtures), so `-m "not samsum"` is exact and
+    no test can forget its marker."""
+    for item in items:
+        if {"samsum_dir", "t5_tokenizer_dir"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.samsum)
 
 
 @pytest.fixture(scope="session")

@@ -162,7 +162,7 @@ def test_missing_folder_and_bad_specs(tmp_path):
 def test_hub_id_offline_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(DataError, match=r"knkarthick/samsum.*could not be loaded from the Hugging Face hub"):
+    with pytest.raises(DataError, match=r"knkarthick/samsum.*hub.*local folder"):
         load_splits("knkarthick/samsum")
 
 
@@ -187,3 +187,72 @@ def test_gcs_folder_through_the_emulator(gcs_emulator, tmp_path, records):
     dd = load_splits("gs://data-bucket/samsum")
     assert {k: len(v) for k, v in dd.items()} == {"train": 10, "validation": 10, "test": 10}
     assert dd["test"]["id"] == [r["id"] for r in records[20:]]
+
+
+DIALOGSUM_ROWS = [
+    {"fname": "train_0", "dialogue": "#Person1#: Hi, Mr. Smith. I'm Doctor Hawkins.\n#Person2#: I found it would be a good idea "
+     "to get a check-up.\n#Person1#: Yes, well, you haven't had one for 5 years.", "summary": "Mr. Smith's getting a check-up.",
+     "topic": "get a check-up"},
+    {"fname": "train_1", "dialogue": "#Person1#: Do you have any plans? #Person2#: I'm going to the cinema. #Person1#: Enjoy!",
+     "summary": "#Person2# is going to the cinema.", "topic": "plans"},
+]
+
+
+@pytest.mark.parametrize("layout", ["hf-csv", "original-jsonl"])
+def test_dialogsum_shaped_files_load_with_column_params(tmp_path, layout):
+    """DialogSum: `dialogue`, `summary`, `topic` columns, `#PersonN#:` speaker tags, ids in `fname` (original JSONL)
+    or `id` (the hub's CSV). Turns on one line are split at each speaker tag."""
+    from flant5_lib.data import Columns
+
+    if layout == "hf-csv":
+        rows = [{"id": r["fname"], **{k: r[k] for k in ("dialogue", "summary", "topic")}} for r in DIALOGSUM_ROWS]
+        for split in ("train", "validation", "test"):
+            pd.DataFrame(rows).to_csv(tmp_path / f"{split}.csv", index=False)
+        columns = Columns()
+    else:
+        for split in ("train", "dev", "test"):
+            (tmp_path / f"dialogsum.{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in DIALOGSUM_ROWS))
+        columns = Columns(id="fname")
+    dd = load_splits(str(tmp_path), columns=columns)
+    assert set(dd) == {"train", "validation", "test"}
+    assert dd["test"].column_names == ["id", "dialogue", "summary"]  # topic dropped
+    assert dd["train"]["id"] == ["train_0", "train_1"]
+    assert dd["train"]["summary"][1] == "#Person2# is going to the cinema."
+    assert [split_turns(d) for d in dd["train"]["dialogue"]] == [
+        ["#Person1#: Hi, Mr. Smith. I'm Doctor Hawkins.", "#Person2#: I found it would be a good idea to get a check-up.",
+         "#Person1#: Yes, well, you haven't had one for 5 years."],
+        ["#Person1#: Do you have any plans?", "#Person2#: I'm going to the cinema.", "#Person1#: Enjoy!"],
+    ]
+
+
+def test_column_params_rename_any_file_and_reach_every_loader(tmp_path, records):
+    from flant5_lib.config import build_params
+    from flant5_lib.data import load_from_params
+
+    renamed = [{"conv_id": r["id"], "conversation": r["dialogue"], "abstract": r["summary"]} for r in records]
+    folder = tmp_path / "inhouse"
+    folder.mkdir()
+    for split, rows in {"train": renamed[:10], "validation": renamed[10:20], "test": renamed[20:]}.items():
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    params = build_params({"dataset": str(folder), "text_column": "conversation", "summary_column": "abstract",
+                           "id_column": "conv_id", "max_eval_samples": 3})
+    test = load_from_params(params, "test")
+    assert test["id"] == [r["id"] for r in records[20:23]]
+    assert test["dialogue"] == [r["dialogue"] for r in records[20:23]]
+    assert test["summary"] == [r["summary"] for r in records[20:23]]
+    with pytest.raises(DataError, match=r"train.jsonl: row 1 has no dialogue, summary column \(columns: conv_id, "
+                                        r"conversation, abstract\); set text_column=NAME and summary_column=NAME"):
+        load_splits(str(folder), missing_split="skip")
+
+
+def test_split_turns_is_linear_on_long_blank_runs() -> None:
+    """A hostile dialogue (a huge run of blanks, no speaker tag) must not make the turn splitter quadratic."""
+    import time
+
+    from flant5_lib.data import split_turns
+
+    hostile = "Amanda: hi" + " " * 200_000 + "there"
+    start = time.perf_counter()
+    assert split_turns(hostile) == [hostile.strip()]
+    assert time.perf_counter() - start < 1.0  # quadratic: minutes; linear: milliseconds
+    assert split_turns("#Person1#: hi   #Person2#: hello") == ["#Person1#: hi", "#Person2#: hello"]

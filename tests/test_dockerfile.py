@@ -47,6 +47,24 @@ def test_runs_as_non_root_and_exposes_8080() -> None:
 def test_cmd_is_the_uvicorn_command_the_tests_run() -> None:
     workdir, cmd = dockerfile_cmd()
     assert workdir.endswith("/serving") and (REPO / "serving" / "main.py").is_file()
-    assert cmd == "uvicorn main:app --host 0.0.0.0 --port ${AIP_HTTP_PORT:-8080}"
+    assert cmd == ("uvicorn main:app --host 0.0.0.0 --port ${AIP_HTTP_PORT:-8080} "
+                   "--timeout-graceful-shutdown ${FLANT5_SERVE_SHUTDOWN_TIMEOUT_S:-25}")
     main_py = (REPO / "serving" / "main.py").read_text()
     assert "from flant5_lib.serve.app import create_app" in main_py and "app = create_app()" in main_py
+
+
+def test_installs_only_the_serve_extra_and_drains_within_the_grace_period() -> None:
+    """The image carries the serving stack only (no Jupyter, no Vertex SDK); its drain default is the Params one."""
+    import tomllib
+
+    from flant5_lib.config import Params
+
+    runs = [rest for word, rest in _instructions() if word == "RUN" and "pip install" in rest]
+    assert len(runs) == 1 and re.search(r'"\.\[serve\]"', runs[0]), runs
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    serve = " ".join(extras["serve"])
+    for heavy in ("papermill", "jupyter", "aiplatform", "datasets", "matplotlib", "tensorboard", "flant5-lib["):
+        assert heavy not in serve, heavy
+    _, cmd = dockerfile_cmd()
+    default = Params().serve_shutdown_timeout_s
+    assert f"--timeout-graceful-shutdown ${{FLANT5_SERVE_SHUTDOWN_TIMEOUT_S:-{default}}}" in cmd and default < 30

@@ -11,7 +11,14 @@ import pytest
 
 from flant5_lib import cli
 from flant5_lib.config import build_params
-from flant5_lib.evaluate import comparison_table, evaluate_model, load_metrics, load_predictions, sample_table
+from flant5_lib.evaluate import (
+    comparison_table,
+    evaluate_model,
+    load_metrics,
+    load_predictions,
+    model_selection,
+    sample_table,
+)
 from flant5_lib.metrics import BUCKETS, ROUGE_KEYS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -55,7 +62,6 @@ def test_evaluate_model_writes_contract_files(evaluated: tuple[Path, dict], tiny
     assert m["n"] == 6 and m["split"] == "test" and m["dataset"] == "synthetic:60"
     assert m["model"] == str(tiny_model_dir)
     assert 0 < m["gen_len"] <= 8 * 3  # re-tokenised generations of at most 8 new tokens
-    assert m["params"]["max_new_tokens"] == 8
     assert set(m["baselines"]) == {"lead3", "longest3"}
     for b in m["baselines"].values():
         assert b["n"] == m["n"] and b["gen_len_unit"] == "words" and b["rouge1"] > 0
@@ -144,15 +150,93 @@ def test_cli_subprocess_exit_code(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
-def test_evaluation_uses_the_preprocessing_the_model_was_trained_with(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_evaluation_feeds_the_model_the_preprocessing_it_was_trained_with(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The effect, not the echo: the token ids the encoder actually received are those of the model folder's
+    preprocessing (its prefix, its max_source_length), not of the evaluation's own params."""
     import shutil
 
+    from flant5_lib import modeling
     from flant5_lib.config import save_params
+    from flant5_lib.preprocess import encode_sources
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
-    save_params(build_params({"source_prefix": "Summarize this chat: ", "max_source_length": 24}), model / "flant5_params.yaml")
+    trained = build_params({"source_prefix": "Summarize this chat: ", "max_source_length": 24})
+    save_params(trained, model / "flant5_params.yaml")
+    seen: list[list[int]] = []
+    real_load = modeling.load_model_and_tokenizer
+
+    def load_and_watch(*args, **kwargs):  # a spy on the real model: records what its encoder is fed
+        m, tok = real_load(*args, **kwargs)
+
+        def record(_module, call_args, call_kwargs):
+            ids, mask = call_kwargs["input_ids"], call_kwargs["attention_mask"]
+            seen.extend([int(t) for t, keep in zip(row, keep_row) if keep] for row, keep_row in zip(ids, mask))
+
+        m.get_encoder().register_forward_pre_hook(record, with_kwargs=True)
+        return m, tok
+
+    monkeypatch.setattr(modeling, "load_model_and_tokenizer", load_and_watch)
     params = build_params({"dataset": "synthetic:30", "max_new_tokens": 4, "bootstrap_samples": 10, "baselines": []})
-    metrics = evaluate_model(params, model, split="test", out_dir=tmp_path / "eval")
-    assert metrics["params"]["source_prefix"] == "Summarize this chat: "
-    assert metrics["params"]["max_source_length"] == 24
+    evaluate_model(params, model, split="test", out_dir=tmp_path / "eval")
+
+    tok = modeling.load_tokenizer(str(model))
+    dialogues = [r["dialogue"] for r in load_predictions(tmp_path / "eval")]
+    expected, cut = encode_sources(tok, dialogues, trained)
+    untrained_way, _ = encode_sources(tok, dialogues, params)
+    assert sorted(seen) == sorted(expected) and any(cut)
+    assert sorted(seen) != sorted(untrained_way)
+
+
+def _model_that_sometimes_stops(src: Path, dst: Path) -> Path:
+    """The untrained tiny model never says </s>, so every summary would be capped. Giving </s> the output row of the
+    token it generates most often makes it stop exactly where it would have said that token (argmax takes the lower
+    id on a tie): some summaries end early, some run into max_new_tokens."""
+    from collections import Counter
+
+    import torch
+
+    from flant5_lib.config import Params
+    from flant5_lib.inference import generate_from_ids
+    from flant5_lib.modeling import load_model_and_tokenizer, save_model
+    from flant5_lib.preprocess import encode_sources
+    from flant5_lib.synthetic import generate_records
+
+    model, tok = load_model_and_tokenizer(str(src), device="cpu")
+    ids, _ = encode_sources(tok, [r["dialogue"] for r in generate_records(20, seed=1)], Params())
+    texts = generate_from_ids(model, tok, ids, {"max_new_tokens": 8, "num_beams": 1})
+    common = Counter(t for text in texts for t in tok(text, add_special_tokens=False)["input_ids"]).most_common(1)[0][0]
+    with torch.no_grad():
+        model.lm_head.weight[tok.eos_token_id] = model.lm_head.weight[common]
+    return save_model(model, tok, dst)
+
+
+def test_capped_share_repetition_share_and_selection_split(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from flant5_lib.config import Params
+    from flant5_lib.inference import generate_summaries
+    from flant5_lib.metrics import repetition_loop
+    from flant5_lib.modeling import load_model_and_tokenizer
+
+    model = _model_that_sometimes_stops(tiny_model_dir, tmp_path / "model")
+    (model / "train_metrics.json").write_text(json.dumps({"selection_split": "validation", "published_step": 40,
+                                                         "metric_for_best_model": "eval_rougeLsum"}))
+    params = build_params({"dataset": "synthetic:100", "max_new_tokens": 8, "bootstrap_samples": 10, "baselines": ["lead3"]})
+    m = evaluate_model(params, model, split="test", out_dir=tmp_path / "test")
+    rows = load_predictions(tmp_path / "test")
+
+    # Oracle: greedy decoding is prefix-stable, so a summary was cut at 8 tokens exactly when a 9th token follows.
+    lm, tok = load_model_and_tokenizer(str(model), device="cpu")
+    longer = generate_summaries(lm, tok, [r["dialogue"] for r in rows], Params(max_new_tokens=9), progress=False)
+    assert [r["capped"] for r in rows] == [r["prediction"] != t for r, t in zip(rows, longer)]
+    assert 0 < m["capped_share"] < 1
+    assert m["capped_share"] == pytest.approx(sum(r["capped"] for r in rows) / len(rows))
+    assert m["repetition_share"] == pytest.approx(sum(repetition_loop(r["prediction"]) is not None for r in rows) / len(rows))
+    assert [r["repetition"] for r in rows] == [repetition_loop(r["prediction"]) for r in rows]
+    assert m["baselines"]["lead3"]["capped_share"] is None
+    assert (m["selection_split"], m["reported_split"], m["selected_step"]) == ("validation", "test", 40)
+    assert "selection_warning" not in m
+
+    assert "validation split it is scored on" in model_selection(model, "validation")["selection_warning"]
+    assert model_selection(tiny_model_dir, "test")["selection_split"] is None  # no training run: unknown, not guessed

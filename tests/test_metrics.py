@@ -91,3 +91,25 @@ def test_summarize_scores_buckets_add_up() -> None:
         assert lo <= s[key] <= hi
         weighted = sum(b["n"] * b[key] for b in s["buckets"].values()) / 300
         assert weighted == pytest.approx(s[key])
+
+
+@pytest.mark.parametrize(
+    "text, loop",
+    [
+        ("Paris Paris Paris", "paris"),
+        ("Amanda will go to Paris, Paris, Paris.", "paris"),
+        ("Tom will meet Ann at the station at the station.", "at the station"),
+        ("Ann is late. Ann is late.", "ann is late"),
+        ("It was very very good.", None),  # one word twice: ordinary English
+        ("Tom will come. Tom is late, Tom says.", None),  # repeats apart from each other are not loops
+        ("Ann's dog and Ann's cat", None),
+        ("", None),
+    ],
+)
+def test_repetition_loop(text: str, loop: str | None) -> None:
+    assert M.repetition_loop(text) == loop
+
+
+def test_repetition_share_counts_texts_with_a_loop() -> None:
+    assert M.repetition_share(["a b a b", "fine summary", "x x x", "ok"]) == 0.5
+    assert M.repetition_share([]) == 0.0

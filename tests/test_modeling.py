@@ -23,6 +23,43 @@ def test_tiny_model_is_a_flan_t5_family_checkpoint(tiny_model_dir):
     names = {p.name for p in tiny_model_dir.iterdir()}
     assert {"model.safetensors", "tokenizer.json", "generation_config.json"} <= names
     assert not any(n.endswith((".bin", ".pt", ".pth")) for n in names)
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tiny_model_dir / "model.safetensors"))  # Flan-T5's own output layer, as on the hub
+    assert weights["lm_head.weight"].shape == weights["shared.weight"].shape
+    assert not torch.equal(weights["lm_head.weight"], weights["shared.weight"])
+
+
+def _first_loss(model_dir) -> tuple[float, float]:
+    """(loss of the untrained model on a batch of synthetic dialogues, ln(vocab size))."""
+    import math
+
+    from flant5_lib.preprocess import make_collator, make_train_features
+    from flant5_lib.synthetic import generate_records
+
+    model, tok = load_model_and_tokenizer(str(model_dir), device="cpu")
+    rows = generate_records(8, seed=1)
+    p = Params(max_source_length=128, max_target_length=32)
+    feats = make_train_features(tok, p)({"dialogue": [r["dialogue"] for r in rows], "summary": [r["summary"] for r in rows]})
+    batch = make_collator(tok, model, p)([{k: feats[k][i] for k in feats} for i in range(len(rows))])
+    with torch.no_grad():
+        return model(**batch).loss.item(), math.log(model.config.vocab_size)
+
+
+def test_tiny_init_starts_near_a_uniform_guess(tiny_model_dir):
+    """transformers 5's default T5 init (tied, unscaled output layer) starts at loss ~71 here, 9x ln(vocab)."""
+    loss, uniform = _first_loss(tiny_model_dir)
+    assert 0.9 * uniform < loss < 1.5 * uniform, (loss, uniform)
+
+
+@pytest.mark.slow
+def test_base_arch_init_starts_near_a_uniform_guess(tmp_path, t5_tokenizer_dir):
+    """flan-t5-base's shape (247.6M parameters with its own output layer); ~40 s to build on 2 cores."""
+    from flant5_lib.modeling import build_tiny_model
+
+    out = build_tiny_model(tmp_path / "base", tokenizer_dir=str(t5_tokenizer_dir), size="base-arch")
+    loss, uniform = _first_loss(out)
+    assert 0.9 * uniform < loss < 1.5 * uniform, (loss, uniform)
 
 
 def test_init_tiny_cli_with_real_t5_vocabulary(tmp_path, t5_tokenizer_dir):

@@ -14,7 +14,8 @@ from flant5_lib.config import Params, load_params, params_from_namespace, read_p
 from tests.helpers import REPO
 PARAMS_DIR = REPO / "params"
 NOTEBOOKS_DIR = REPO / "notebooks"
-NOT_PARAMS = {"prices.yaml"}  # the Vertex price table lives in params/ but is not a Params override file
+# Vertex data tables (prices, accelerators per region, image contents) live in params/ but are not Params files.
+NOT_PARAMS = {"prices.yaml", "accelerators.yaml", "images.yaml"}
 PARAM_FILES = sorted(p for p in PARAMS_DIR.glob("*.yaml") if p.name not in NOT_PARAMS)
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 
@@ -51,6 +52,17 @@ def test_papermill_with_the_file_equals_flant5_run(path):
         got = params_from_namespace(namespace).model_dump()
         diff = {k: (got[k], expected[k]) for k in got if got[k] != expected[k]}
         assert diff == {}, f"{path.name} through papermill on {nb.name} differs: {diff}"
+
+
+@pytest.mark.parametrize("path", PARAM_FILES, ids=lambda p: p.name)
+def test_papermill_passes_every_key_of_the_file_without_warnings(path):
+    """papermill warns "Passed unknown parameter" for each key a notebook's parameters cell does not declare."""
+    import papermill
+
+    keys = set(read_params_file(path))
+    for nb in NOTEBOOKS:
+        missing = keys - set(papermill.inspect_notebook(str(nb)))
+        assert not missing, f"papermill {nb.name} -f params/{path.name} would warn about {sorted(missing)}"
 
 
 def test_notebook_defaults_are_the_local_smoke_values():
@@ -105,11 +117,11 @@ def test_yaml_files_parse_as_flat_mappings():
         assert isinstance(data, dict) and all(not isinstance(v, dict) for v in data.values())
 
 
-def test_readme_opens_with_the_two_quickstart_commands():
+def test_readme_opens_with_the_three_quickstart_commands():
     text = (REPO / "README.md").read_text(encoding="utf-8")
     first_block = text.split("```bash\n", 1)[1].split("```", 1)[0]
     commands = [line.split("#")[0].strip() for line in first_block.splitlines() if line.strip()]
-    assert commands == ["./workbench.sh demo", "./workbench.sh test"]
+    assert commands == ["./workbench.sh demo", "./workbench.sh lab", "./workbench.sh test"]
     assert text.index("```bash") < text.index("\n## "), "the quickstart comes before any section"
     for section in ("## Benchmarks", "## Serving", "## Vertex AI"):
         assert section in text

@@ -76,3 +76,62 @@ def test_overwrite_replaces_plot(tmp_path: Path) -> None:
     plots.plot_loss_curves(LOG_HISTORY, path)
     assert path.read_bytes() != first
     _assert_png(path)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The Figure a plot function builds, kept for inspection (it is still saved to its PNG as usual)."""
+    figures = []
+    save = plots._save
+
+    def keep(fig, path, rect=None):
+        figures.append(fig)
+        return save(fig, path, rect)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def test_loss_is_on_a_log_axis_with_epoch_marks_and_the_rouge_panel(tmp_path, drawn):
+    history = [*LOG_HISTORY[:-1], {"eval_loss": 2.0, "eval_rouge1": 30.0, "eval_rouge2": 9.0, "eval_rougeL": 27.0,
+                                   "step": 60, "epoch": 3.0}]
+    plots.plot_loss_curves(history, tmp_path / "loss.png")
+    loss, rouge = drawn[0].axes
+    assert loss.get_yscale() == "log"
+    marks = [t.get_text().strip() for t in loss.texts]
+    assert marks == ["end of epoch 1", "end of epoch 2", "end of epoch 3"]
+    assert rouge.get_title() == "Validation ROUGE during training" and len(rouge.lines) >= 3
+    plots.plot_loss_curves(LOG_HISTORY, tmp_path / "plain.png")
+    assert len(drawn[1].axes) == 1  # no ROUGE computed during training: no empty second panel
+
+
+def test_bucket_plot_draws_intervals_skips_empty_buckets_and_keeps_the_legend_off_the_bars(tmp_path, drawn):
+    m = _metrics(45)
+    for b in m["buckets"].values():
+        b["ci"] = {k: [b[k] - 3, b[k] + 3] for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")}
+    m["buckets"]["19-30"] = {"n": 0}
+    plots.plot_rouge_by_bucket({"finetuned": m}, tmp_path / "b.png")
+    fig = drawn[0]
+    ax = fig.axes[0]
+    assert len(ax.patches) == 3  # three populated buckets, the empty one left out (not a bar at 0)
+    assert any(type(c).__name__ == "ErrorbarContainer" for c in ax.containers)
+    assert not ax.get_legend() and fig.legends
+
+
+def test_counts_have_integer_ticks_and_histograms_outline_several_series(tmp_path, drawn):
+    plots.plot_count_histogram([1, 2, 2, 3], tmp_path / "c.png", title="Speakers", xlabel="speakers")
+    ticks = drawn[0].axes[0].get_xticks()
+    assert all(float(t).is_integer() for t in ticks)
+    plots.plot_score_histogram({"a": [10.0, 50.0], "b": [20.0, 60.0]}, tmp_path / "h.png")
+    assert all(p.get_fill() is False for p in drawn[1].axes[0].patches)  # outlines: overlaid series stay readable
+
+
+def test_bucket_intervals_come_from_the_predictions_when_metrics_have_none(tmp_path, drawn):
+    m = {"rougeL": 50.0, "buckets": {"3-6": {"n": 4, "rougeL": 50.0}, "7-12": {"n": 0}}}
+    rows = [{"bucket": "3-6", "rouge1": v, "rouge2": v, "rougeL": v} for v in (20.0, 40.0, 60.0, 80.0)]
+    plots.plot_rouge_by_bucket({"finetuned": m}, tmp_path / "a.png", keys=("rougeL",))
+    assert not any(type(c).__name__ == "ErrorbarContainer" for c in drawn[0].axes[0].containers)
+    plots.plot_rouge_by_bucket({"finetuned": m}, tmp_path / "b.png", keys=("rougeL",), per_example={"finetuned": rows})
+    bars = [c for c in drawn[1].axes[0].containers if type(c).__name__ == "ErrorbarContainer"]
+    (lo, hi), = [seg[:, 1] for seg in bars[0].lines[2][0].get_segments()]
+    assert 20 <= lo < 50 < hi <= 80  # a bootstrap interval of those four scores around their mean

@@ -26,13 +26,28 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_summarize_jsonl_keeps_input_order_and_matches_generation(talk_model: Path, tmp_path: Path) -> None:
+# The engine transformers' own generate: these tests compare the CLI's summaries with it exactly (the default `auto`
+# picks CTranslate2 int8 on a CPU, whose rounding flips near-ties of a random model).
+EXACT = ["--set", "serve_backend=hf"]
+
+
+@pytest.mark.parametrize("engine", [["serve_backend=hf"], ["serve_backend=ctranslate2", "serve_ct2_compute_type=float32"]],
+                         ids=["transformers", "ctranslate2-float32"])
+def test_summarize_jsonl_keeps_input_order_and_matches_generation(talk_model: Path, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture, engine: list[str]) -> None:
+    """`flant5 summarize` runs the serving engine (serve_backend); both exact engines give evaluation's summaries."""
+    import logging
+
     rows = generate_records(7, seed=11)
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": r["id"], "dialogue": r["dialogue"]}) + "\n" for r in rows))
     out = tmp_path / "out.jsonl"
-    assert main(["summarize", "--model", str(talk_model), "--input", str(src), "--output", str(out),
-                 "--max-new-tokens", "6", "--batch-size", "3"]) == 0
+    sets = [a for s in engine for a in ("--set", s)]
+    with caplog.at_level(logging.INFO):
+        assert main(["summarize", "--model", str(talk_model), "--input", str(src), "--output", str(out),
+                     "--max-new-tokens", "6", "--batch-size", "3", *sets]) == 0
+    if "ctranslate2" in engine[0]:
+        assert "CTranslate2" in caplog.text or "ctranslate2" in caplog.text  # the engine really ran
     got = _read_jsonl(out)
     assert [g["id"] for g in got] == [r["id"] for r in rows]
     assert [g["dialogue"] for g in got] == [r["dialogue"] for r in rows]
@@ -56,7 +71,8 @@ def test_summarize_csv_and_model_preprocessing_params(talk_model: Path, tmp_path
         for r in generate_records(3, seed=5):
             w.writerow({"dialogue": r["dialogue"]})
     out = tmp_path / "out.jsonl"
-    assert main(["summarize", "--model", str(model), "--input", str(src), "--output", str(out), "--max-new-tokens", "6"]) == 0
+    assert main(["summarize", "--model", str(model), "--input", str(src), "--output", str(out), "--max-new-tokens", "6",
+                 *EXACT]) == 0
     got = _read_jsonl(out)
     assert [g["id"] for g in got] == ["1", "2", "3"] and all("summary" in g for g in got)
     m, tok = load_model_and_tokenizer(str(model), device="cpu")
@@ -81,3 +97,38 @@ def test_summarize_user_mistakes_exit_2(talk_model: Path, tmp_path: Path, capsys
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_models_generation_config_is_the_default_and_set_overrides_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Effect on the outputs: the saved no_repeat_ngram_size breaks the untrained model's loops unless --set says 0."""
+    import shutil
+
+    from flant5_lib.metrics import repetition_share
+    from flant5_lib.preprocess import save_generation_config
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    save_generation_config(Params(max_new_tokens=16, no_repeat_ngram_size=2), model)
+    dialogues = [r["dialogue"] for r in generate_records(6, seed=11)]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"dialogue": d}) + "\n" for d in dialogues))
+    assert main(["summarize", "--model", str(model), "--input", str(src), "--output", str(tmp_path / "saved.jsonl"),
+                 *EXACT]) == 0
+    assert main(["summarize", "--model", str(model), "--input", str(src), "--output", str(tmp_path / "plain.jsonl"),
+                 "--set", "no_repeat_ngram_size=0", *EXACT]) == 0
+    m, tok = load_model_and_tokenizer(str(model), device="cpu")
+    saved = generate_summaries(m, tok, dialogues, Params(max_new_tokens=16, no_repeat_ngram_size=2), progress=False)
+    plain = generate_summaries(m, tok, dialogues, Params(max_new_tokens=16, no_repeat_ngram_size=0), progress=False)
+    assert [g["summary"] for g in _read_jsonl(tmp_path / "saved.jsonl")] == saved
+    assert [g["summary"] for g in _read_jsonl(tmp_path / "plain.jsonl")] == plain
+    assert repetition_share(plain) > repetition_share(saved)
+
+
+def test_summarize_reads_other_column_names(talk_model: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"fname": "chat_7", "conversation": "#Person1#: Hi\n#Person2#: Hello"}) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["summarize", "--model", str(talk_model), "--input", str(src), "--output", str(out), "--max-new-tokens", "4",
+                 "--set", "text_column=conversation", "--set", "id_column=fname"]) == 0
+    got = _read_jsonl(out)
+    assert [(g["id"], g["dialogue"]) for g in got] == [("chat_7", "#Person1#: Hi\n#Person2#: Hello")]

@@ -11,7 +11,13 @@ from flant5_lib.commands.evaluate import add_data_args, params_from_args, print_
 def register(sub: argparse._SubParsersAction) -> None:
     from flant5_lib.baselines import BASELINES
 
-    p = sub.add_parser("baseline", help="score the Lead-3 or Longest-3 extractive baseline")
+    p = sub.add_parser(
+        "baseline", help="score the Lead-3 or Longest-3 extractive baseline",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score an extractive baseline exactly like a model (same metrics.json, predictions.jsonl and plots; lengths in\n"
+        "words): what a summariser must beat without learning anything.",
+        epilog="example:\n  flant5 baseline --method lead3 --dataset ../shared/data/samsum/original --split test",
+    )
     p.add_argument("--method", required=True, choices=list(BASELINES), help="lead3: first 3 utterances; longest3: 3 longest")
     add_data_args(p)
     p.set_defaults(func=_baseline)

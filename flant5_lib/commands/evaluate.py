@@ -12,10 +12,11 @@ from flant5_lib.config import SPLITS, Params, load_params, parse_set
 def add_data_args(p: argparse.ArgumentParser) -> None:
     """Flags shared by `evaluate` and `baseline`; they override the params file."""
     p.add_argument("--dataset", help="dataset spec (overrides params.dataset): synthetic[:N], a folder, corpus.7z, hub id, gs://")
-    p.add_argument("--split", help="train, validation or test (overrides params.eval_split)")
+    p.add_argument("--split", help="train, validation or test (overrides params.eval_split, default test)")
     p.add_argument("--out", help="output folder (default <run_dir>/eval/<name>)")
     p.add_argument("--params", help="YAML file of parameter overrides")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="override one parameter (repeatable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="override one parameter (repeatable), e.g. num_beams=4 or summary_column=summary1")
 
 
 def params_from_args(args: argparse.Namespace) -> Params:
@@ -39,7 +40,16 @@ def print_result(result: dict[str, Any], out: Path) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="score a model's summaries with ROUGE (and the extractive baselines)")
+    p = sub.add_parser(
+        "evaluate", help="score a model's summaries with ROUGE (and the extractive baselines)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Generate a summary per dialogue of one split with the model's own preprocessing and generation settings (its\n"
+        "flant5_params.yaml and generation_config.json; a value you set explicitly wins), then write metrics.json\n"
+        "(ROUGE with 95% intervals, by dialogue size, repetition_share, capped_share, which split selected the model),\n"
+        "predictions.jsonl and plots.",
+        epilog="examples:\n  flant5 evaluate --model runs/latest/model --dataset ../shared/data/samsum/original --split test\n"
+        "  flant5 evaluate --model runs/latest/model --params params/local-smoke.yaml --set num_beams=4 --name beam4",
+    )
     p.add_argument("--model", help="model folder, hub id, gs:// folder or 'tiny' (default <run_dir>/model)")
     p.add_argument("--name", default="finetuned", help="name of this system in tables and plots (default finetuned)")
     add_data_args(p)

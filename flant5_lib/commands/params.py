@@ -9,18 +9,35 @@ import yaml
 from flant5_lib.config import describe_fields, load_params, parse_set
 
 
+DESCRIPTION = """Check, list or show parameters. Every command, notebook, Vertex job and the server read the one typed
+`Params` model (flant5_lib/config.py); a params file holds only what differs from its defaults."""
+
+EXAMPLES = """examples:
+  flant5 params check params/*.yaml                                # validate files before any job starts
+  flant5 params list                                               # every field, its default and what it does
+  flant5 params show params/local-smoke.yaml --set learning_rate=1e-3   # the resolved values of a run"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("params", help="check, list or show parameters")
+    raw = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("params", help="check, list or show parameters", description=DESCRIPTION, epilog=EXAMPLES,
+                       formatter_class=raw)
     psub = p.add_subparsers(dest="action", metavar="ACTION")
     psub.required = True
-    c = psub.add_parser("check", help="validate params files")
-    c.add_argument("files", nargs="+")
+    c = psub.add_parser("check", help="validate params files", formatter_class=raw,
+                        description="Validate params files: every bad field of a file is named on one line (exit 2).",
+                        epilog="example:\n  flant5 params check params/local-smoke.yaml params/vertex-a100.yaml")
+    c.add_argument("files", nargs="+", metavar="FILE", help="params YAML files")
     c.set_defaults(func=_check)
-    ls = psub.add_parser("list", help="every field with its default and help")
+    ls = psub.add_parser("list", help="every field with its default and help", formatter_class=raw,
+                         description="Every Params field as `name: type = default  # help` (the README's table).",
+                         epilog="example:\n  flant5 params list | grep lora")
     ls.set_defaults(func=_list)
-    s = psub.add_parser("show", help="the resolved parameters of a file plus --set overrides")
-    s.add_argument("file", nargs="?")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", default=[])
+    s = psub.add_parser("show", help="the resolved parameters of a file plus --set overrides", formatter_class=raw,
+                        description="Print every resolved value (defaults, then the file, then --set) as YAML.",
+                        epilog="example:\n  flant5 params show params/local-smoke.yaml --set num_train_epochs=2")
+    s.add_argument("file", nargs="?", metavar="FILE", help="params YAML (default: only the defaults)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="override one field (repeatable)")
     s.set_defaults(func=_show)
 
 

@@ -1,4 +1,5 @@
-"""`flant5 vertex ...`: train, upload, deploy, predict, batch, artifacts, cleanup, estimate, local-stack.
+"""`flant5 vertex ...`: preflight, build, train, upload, deploy, predict, batch, artifacts, cleanup, estimate, presets,
+local-stack.
 
 Every command reads the typed Params (--params FILE, --set k=v, and --local-stack STATE.json from
 `flant5 vertex local-stack`). `--dry-run` prints the exact request as JSON and sends nothing.
@@ -14,76 +15,136 @@ import time
 from typing import Any
 
 from flant5_lib.config import Params, load_params, parse_set
-from flant5_lib.errors import CloudError
+from flant5_lib.errors import CloudError, ParamsError
 
 
 def _common(p: argparse.ArgumentParser, dry_run: bool = True) -> None:
-    p.add_argument("--params", help="YAML params file (e.g. params/vertex.yaml)")
+    p.add_argument("--params", help="YAML params file (e.g. params/vertex-a100.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (repeatable)")
     p.add_argument("--local-stack", metavar="STATE", help="state file of `flant5 vertex local-stack` (offline stand-ins)")
     if dry_run:
-        p.add_argument("--dry-run", action="store_true", help="print the request as JSON and send nothing")
+        p.add_argument("--dry-run", action="store_true",
+                       help="run the preflight checks, print the request as JSON and send nothing")
+
+
+# name -> (one-line description, example). Every parser shows both in --help.
+_ACTIONS: dict[str, tuple[str, str]] = {
+    "preflight": ("check images, requirements, machines, GPUs per region, TensorBoard and placeholders before paying "
+                  "(exit 2 with one line per problem)",
+                  "flant5 vertex preflight --params params/vertex-a100.yaml --set gcp_project=my-proj "
+                  "--set staging_bucket=gs://my-bucket/flant5"),
+    "build": ("build and push the training and serving images with Cloud Build (cloudbuild.yaml)",
+              "flant5 vertex build --params params/vertex-a100.yaml --set gcp_project=my-proj --dry-run"),
+    "train": ("launch the training job (runs preflight and prints the cost estimate first)",
+              "flant5 vertex train --params params/vertex-a100.yaml --dry-run"),
+    "upload": ("register a gs:// model folder with the serving container that matches the deploy hardware",
+               "flant5 vertex upload --params params/vertex-a100.yaml --artifact-uri gs://my-bucket/flant5/model"),
+    "deploy": ("create the endpoint if needed and deploy the newest model to it",
+               "flant5 vertex deploy --params params/vertex-a100.yaml --dry-run"),
+    "predict": ("summarise dialogues with the deployed endpoint; prints the curl equivalent",
+                "flant5 vertex predict --params params/vertex-a100.yaml --dialogue 'Amy: Lunch?\\nBen: Sure.'"),
+    "batch": ("batch prediction over a gs:// JSONL file of dialogues",
+              "flant5 vertex batch --params params/vertex-a100.yaml --input gs://my-bucket/in.jsonl "
+              "--output gs://my-bucket/out"),
+    "artifacts": ("download a trained model from gs:// to the serving folder, or upload one",
+                  "flant5 vertex artifacts download --params params/vertex-a100.yaml --local serving/model"),
+    "cleanup": ("undeploy, delete the endpoint and the model (safe to repeat)",
+                "flant5 vertex cleanup --params params/vertex-a100.yaml"),
+    "estimate": ("expected cost and duration of the training job (params/prices.yaml)",
+                 "flant5 vertex estimate --params params/vertex-a100.yaml"),
+    "presets": ("list the training machine presets (train_preset)", "flant5 vertex presets"),
+    "local-stack": ("run the GCS emulator and the Vertex AI stand-in on 127.0.0.1 until Ctrl-C",
+                    "flant5 vertex local-stack --state-file runs/localstack/state.json --region europe-west4"),
+}
+
+
+def _parser(vs: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    text, example = _ACTIONS[name]
+    return vs.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
+                         epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    v = sub.add_parser("vertex", help="train, deploy and call the model on Vertex AI (or the offline stand-in)")
+    v = sub.add_parser(
+        "vertex", help="train, deploy and call the model on Vertex AI (or the offline stand-in)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train, register, deploy and call the model on Vertex AI, or on the offline stand-in "
+        "(`flant5 vertex local-stack`) with the same requests. Every action takes --dry-run (print the request, send "
+        "nothing); `flant5 vertex ACTION --help` shows each one's options.",
+        epilog="examples:\n  flant5 vertex estimate --params params/vertex-a100.yaml\n"
+        "  flant5 vertex train --params params/vertex-a100.yaml --set gcp_project=MY-PROJECT "
+        "--set staging_bucket=gs://MY-BUCKET --dry-run",
+    )
     vs = v.add_subparsers(dest="vertex_command", metavar="ACTION", parser_class=type(v))
     vs.required = True
 
-    p = vs.add_parser("train", help="launch the training job (prints the cost estimate first)")
+    p = _parser(vs, "preflight")
+    _common(p, dry_run=False)
+    p.set_defaults(func=_preflight)
+
+    p = _parser(vs, "build")
+    _common(p)
+    p.add_argument("--config", default="cloudbuild.yaml", help="Cloud Build file (default: cloudbuild.yaml)")
+    p.set_defaults(func=_build)
+
+    p = _parser(vs, "train")
     _common(p)
     p.add_argument("--prices", help="price table (default params/prices.yaml)")
     p.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
     p.set_defaults(func=_train)
 
-    p = vs.add_parser("upload", help="register a gs:// model folder with the serving container")
+    p = _parser(vs, "upload")
     _common(p)
     p.add_argument("--artifact-uri", help="gs:// model folder (default: model_artifact_uri / the training output)")
     p.set_defaults(func=_upload)
 
-    p = vs.add_parser("deploy", help="create the endpoint if needed and deploy the newest model to it")
+    p = _parser(vs, "deploy")
     _common(p)
     p.add_argument("--model", help="model resource name (default: newest model named model_display_name)")
     p.set_defaults(func=_deploy)
 
-    p = vs.add_parser("predict", help="summarise dialogues with the deployed endpoint; prints the curl equivalent")
+    p = _parser(vs, "predict")
     _common(p)
     p.add_argument("--endpoint", help="endpoint resource name (default: the one named endpoint_display_name)")
     p.add_argument("--dialogue", action="append", default=[], help="a dialogue (repeatable; use \\n between turns)")
     p.add_argument("--file", help="JSONL/CSV/JSON file with a 'dialogue' column")
     p.set_defaults(func=_predict)
 
-    p = vs.add_parser("batch", help="batch prediction over a gs:// JSONL file of dialogues")
+    p = _parser(vs, "batch")
     _common(p)
     p.add_argument("--input", required=True, help="gs://.../dialogues.jsonl ({\"dialogue\": ...} per line)")
     p.add_argument("--output", required=True, help="gs:// folder for the results")
     p.add_argument("--model", help="model resource name (default: newest model named model_display_name)")
     p.set_defaults(func=_batch)
 
-    p = vs.add_parser("artifacts", help="download a trained model from gs:// to the serving folder, or upload one")
+    p = _parser(vs, "artifacts")
     _common(p)
-    p.add_argument("direction", choices=["download", "upload"])
+    p.add_argument("direction", choices=["download", "upload"],
+                   help="download: the trained model from gs:// to a local folder; upload: a local model folder to gs://")
     p.add_argument("--uri", help="gs:// model folder (default: model_artifact_uri / the training output)")
     p.add_argument("--local", help="local folder (default: artifacts_local_dir = serving/model)")
     p.set_defaults(func=_artifacts)
 
-    p = vs.add_parser("cleanup", help="undeploy, delete the endpoint and the model (safe to repeat)")
+    p = _parser(vs, "cleanup")
     _common(p)
     p.set_defaults(func=_cleanup)
 
-    p = vs.add_parser("estimate", help="expected cost and duration of the training job")
+    p = _parser(vs, "estimate")
     _common(p, dry_run=False)
     p.add_argument("--prices", help="price table (default params/prices.yaml)")
     p.add_argument("--samples", type=int, help="training dialogues (default: counted or looked up)")
     p.set_defaults(func=_estimate)
 
-    p = vs.add_parser("presets", help="list the training machine presets (train_preset)")
+    p = _parser(vs, "presets")
     p.set_defaults(func=_presets)
 
-    p = vs.add_parser("local-stack", help="run the GCS emulator and the Vertex AI stand-in on 127.0.0.1 until Ctrl-C")
+    p = _parser(vs, "local-stack")
     p.add_argument("--workdir", default="runs/localstack", help="folder for emulated buckets, job folders and logs")
     p.add_argument("--port", type=int, help="Vertex stand-in port (default: a free one)")
     p.add_argument("--gcs-port", type=int, help="GCS emulator port (default: a free one)")
+    p.add_argument("--project", default="local-project", help="project id the stand-in serves (in resource names)")
+    p.add_argument("--region", default="us-central1", help="region the stand-in serves (others are refused)")
+    p.add_argument("--bucket", default="gs://flant5-local", help="staging bucket created in the GCS emulator")
     p.add_argument("--state-file", help="also write the settings to this JSON file (removed on exit)")
     p.set_defaults(func=_local_stack)
 
@@ -118,7 +179,52 @@ def _call(action: str, fn: Any, *a: Any, **kw: Any) -> Any:
         raise explain_api_error(err, action) from None
 
 
+def _dry_run_preflight(params: Params) -> None:
+    """Every --dry-run runs preflight: real problems stop it (exit 2); settings still to fill in (a dry run may show
+    `<gcp_project>`) are listed on stderr."""
+    from flant5_lib.vertex import preflight
+
+    found = preflight.problems(params)
+    unset = [p for p in found if preflight.is_unset_problem(p)]
+    blocking = [p for p in found if p not in unset]
+    if blocking:
+        raise ParamsError(f"preflight found {len(blocking)} problem(s):\n" + "\n".join(f"  {p}" for p in blocking))
+    for line in unset:
+        print(f"preflight: still to set before a real run: {line}", file=sys.stderr)
+    if not unset:
+        print("preflight: ok", file=sys.stderr)
+
+
 # --- commands ------------------------------------------------------------------------------------------------
+
+
+def _preflight(args: argparse.Namespace) -> int:
+    from flant5_lib.vertex import images, preflight
+
+    params = _params(args)
+    preflight.require(params)
+    print(f"preflight: ok ({params.vertex_mode} mode; training image {images.train_image(params)}, "
+          f"serving image {images.serving_image(params)})")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    from flant5_lib.vertex import build
+
+    params = _params(args)
+    cmd = build.submit_command(params, args.config)
+    if args.dry_run:
+        _dry_run_preflight(params)
+        _print_json({"command": cmd, "images": build.image_uris(params)})
+        return 0
+    build.check(params, args.config)
+    if shutil.which(cmd[0]) is None:
+        raise CloudError("gcloud: not found; install the Google Cloud CLI (https://cloud.google.com/sdk) or run the "
+                         "command `flant5 vertex build --dry-run` prints where gcloud is installed")
+    return subprocess.run(cmd, check=False).returncode
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -128,11 +234,16 @@ def _train(args: argparse.Namespace) -> int:
 
     params = vertex.resolve(_params(args))
     vertex.check_params(params, dry_run=args.dry_run, train=True)
+    if not args.dry_run:
+        from flant5_lib.vertex.preflight import require
+
+        require(params)  # before the estimate: a job that cannot run has no price
     try:
         est: dict[str, Any] | str = vertex_estimate.estimate(params, vertex_estimate.load_prices(args.prices))
     except CloudError as err:
         est = f"no estimate: {err}"
     if args.dry_run:
+        _dry_run_preflight(params)
         _print_json({**vertex.training_request(params), "estimate": est})
         return 0
     print(vertex_estimate.format_estimate(est) if isinstance(est, dict) else est, file=sys.stderr)
@@ -150,6 +261,7 @@ def _upload(args: argparse.Namespace) -> int:
     params = _params(args)
     if args.dry_run:
         vertex.check_params(params, dry_run=True)
+        _dry_run_preflight(params)
         _print_json(vertex.upload_request(params, args.artifact_uri))
         return 0
     model = _call("vertex upload", vertex_jobs.upload_model, params, args.artifact_uri)
@@ -164,6 +276,7 @@ def _deploy(args: argparse.Namespace) -> int:
     params = _params(args)
     if args.dry_run:
         vertex.check_params(params, dry_run=True, deploy=True)
+        _dry_run_preflight(params)
         _print_json(vertex.deploy_request(params, model=args.model or "<newest model named "
                                           f"{params.model_display_name}>"))
         return 0
@@ -195,6 +308,7 @@ def _predict(args: argparse.Namespace) -> int:
     instances = [{"dialogue": d} for d in dialogues]
     if args.dry_run:
         vertex.check_params(params, dry_run=True)
+        _dry_run_preflight(params)
         req = vertex.predict_request(params, instances, args.endpoint or "<endpoint id>")
         _print_json({**req, "curl": vertex.curl_command(req)})
         return 0
@@ -214,6 +328,7 @@ def _batch(args: argparse.Namespace) -> int:
     params = _params(args)
     if args.dry_run:
         vertex.check_params(params, dry_run=True, batch=True)
+        _dry_run_preflight(params)
         _print_json(vertex.batch_request(params, args.input, args.output, args.model or "<newest model>"))
         return 0
     model = _call("vertex batch", vertex_jobs.latest_model, params, args.model)
@@ -231,6 +346,7 @@ def _artifacts(args: argparse.Namespace) -> int:
     uri = args.uri or vertex.model_artifact_uri(params)
     local = args.local or params.artifacts_local_dir
     if args.dry_run:
+        _dry_run_preflight(params)
         src, dst = (uri, local) if args.direction == "download" else (local, uri)
         _print_json({"action": f"artifacts {args.direction}", "from": src, "to": dst})
         return 0
@@ -250,6 +366,7 @@ def _cleanup(args: argparse.Namespace) -> int:
     params = _params(args)
     if args.dry_run:
         vertex.check_params(params, dry_run=True)
+        _dry_run_preflight(params)
         base = f"{vertex.api_base(params)}/v1/{vertex.parent(params)}"
         _print_json({"steps": [
             {"method": "GET", "url": f"{base}/endpoints", "query": {"filter": f'display_name="{params.endpoint_display_name}"'}},
@@ -293,7 +410,8 @@ def _local_stack(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt  # SIGTERM stops the stand-ins as cleanly as Ctrl-C
 
     signal.signal(signal.SIGTERM, _interrupt)
-    stack = start_local_stack(args.workdir, port=args.port, gcs_port=args.gcs_port)
+    stack = start_local_stack(args.workdir, port=args.port, gcs_port=args.gcs_port, project=args.project,
+                              region=args.region, bucket=args.bucket)
     try:
         if args.state_file:
             stack.write_state(args.state_file)

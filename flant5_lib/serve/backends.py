@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -59,10 +60,36 @@ class HFBackend:
         return generate_from_ids(self.model, self.tokenizer, input_ids, gen_kwargs)
 
 
+def _merged_adapter(adapter_dir: Path) -> Path:
+    """A full model folder for an adapter-only LoRA export (CTranslate2 converts full models only): merged once and
+    cached, keyed on the adapter's files."""
+    import hashlib
+
+    from flant5_lib.modeling import load_model_and_tokenizer, save_model
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in adapter_dir.iterdir() if p.is_file()):
+        h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
+    out = Path(os.environ.get("FLANT5_CACHE_DIR", Path.home() / ".cache" / "flant5")) / "merged" / f"{adapter_dir.name}-{h.hexdigest()[:16]}"
+    if not (out / "config.json").is_file():
+        model, tokenizer = load_model_and_tokenizer(str(adapter_dir), device="cpu")
+        save_model(model, tokenizer, out)
+        log.info("merged the LoRA adapter %s into %s", adapter_dir, out)
+    return out
+
+
 def load_backend(model_dir: str | os.PathLike[str], params: Params, device: str | None = None) -> Backend:
-    """The engine `params.serve_backend` names, loaded from a local model folder."""
-    if params.serve_backend == "ctranslate2":
+    """The engine `params.serve_backend` names, loaded from a local model folder (or an adapter-only LoRA export,
+    merged into its recorded base model at load). `auto` is resolved from the detected hardware, and the choice logged."""
+    from flant5_lib.serve.hardware import resolve_backend
+
+    choice = resolve_backend(params, device)
+    if choice.backend == "ctranslate2":
         from flant5_lib.serve.ct2 import CT2Backend
 
-        return CT2Backend(model_dir, compute_type=params.serve_ct2_compute_type, device=device, threads=params.serve_threads)
+        folder = Path(model_dir)
+        if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+            folder = _merged_adapter(folder)
+        return CT2Backend(folder, compute_type=choice.compute_type, device=device, threads=choice.threads,
+                          split_batches=params.serve_ct2_split_batches, env=choice.env)
     return HFBackend(model_dir, device=device, threads=params.serve_threads)

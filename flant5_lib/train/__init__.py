@@ -6,5 +6,8 @@ May import the core modules of `flant5_lib`; never `serve`, `vertex`, `workbench
 
 from flant5_lib._lazy import lazy_exports
 
-__all__ = ["TrainResult", "train", "main"]
-__getattr__, __dir__ = lazy_exports(__name__, {name: "flant5_lib.train.loop" for name in __all__})
+__all__ = ["TrainResult", "train", "main", "eval_history", "NonFiniteError"]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "TrainResult": "flant5_lib.train.loop", "train": "flant5_lib.train.loop", "main": "flant5_lib.train.loop",
+    "eval_history": "flant5_lib.train.loop", "NonFiniteError": "flant5_lib.train.trainer",
+})

@@ -23,6 +23,7 @@ from flant5_lib.errors import ModelError
 log = logging.getLogger(__name__)
 
 MARKER = "flant5_checkpoint.json"
+RUN_TOTALS = "flant5_run_totals.json"  # loss summed over every step so far: whole-run train_loss after resumes
 STAGING = ".staging"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -108,9 +109,9 @@ def clear_checkpoints(root: Path) -> None:
         _remove(folder)
 
 
-def rotate(root: Path, keep: int) -> None:
-    """Keep the `keep` newest complete checkpoints."""
-    complete = [f for _, f in list_checkpoints(root) if is_complete(f)]
+def rotate(root: Path, keep: int, protect: int | None = None) -> None:
+    """Keep the `keep` newest complete checkpoints, and the one of step `protect` (the best so far) as well."""
+    complete = [f for s, f in list_checkpoints(root) if is_complete(f) and s != protect]
     for folder in complete[: max(0, len(complete) - keep)]:
         _remove(folder)
 
@@ -187,14 +188,35 @@ def download_newest(uri: str, root: Path) -> Path | None:
         if step <= local_step:
             break
         if _remote_complete(remote[name], uri, name):
-            target = root / name
-            if target.exists():
-                _remove(target)
-            storage.download_dir(storage.join_gcs(uri, name), target)
-            log.info("downloaded checkpoint %s from %s", name, uri)
-            return target
+            return _download(uri, name, root)
         log.warning("skipping incomplete remote checkpoint %s/%s", uri, name)
     return local
+
+
+def _download(uri: str, name: str, root: Path) -> Path:
+    from flant5_lib import storage
+
+    target = root / name
+    if target.exists():
+        _remove(target)
+    storage.download_dir(storage.join_gcs(uri, name), target)
+    log.info("downloaded checkpoint %s from %s", name, uri)
+    return target
+
+
+def fetch(root: Path, step: int, uri: str | None) -> Path | None:
+    """checkpoint-<step>, complete, from local disk or else from the gs:// mirror (a resumed run on a fresh VM
+    holds only the newest one locally, while the best may be older)."""
+    folder = root / f"checkpoint-{step}"
+    if is_complete(folder):
+        return folder
+    if uri:
+        remote = _remote_checkpoints(uri)
+        if folder.name in remote and _remote_complete(remote[folder.name], uri, folder.name):
+            got = _download(uri, folder.name, root)
+            if is_complete(got):
+                return got
+    return None
 
 
 def upload_checkpoint(folder: Path, uri: str, keep_names: set[str]) -> None:

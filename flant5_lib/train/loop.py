@@ -9,6 +9,7 @@ that Vertex AI sets, so a preempted job continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -16,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flant5_lib.train import checkpoints as train_ckpt
 from flant5_lib.errors import DataError, UserError
+from flant5_lib.train import checkpoints as train_ckpt
 from flant5_lib.train.setup import (
     apply_lora,
     check_distributed,
@@ -44,7 +45,25 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Prepared:
+    """Everything `fit` and `finish` need, decided and loaded by `prepare`."""
+
+    params: Params
+    device: Any
+    mode: str
+    paths: Any
+    trainer: Any
+    tokenizer: Any
+    preempt: Any
+    resume_from: Path | None
+    base_ref: str
+    num_train_examples: int
+    has_eval: bool
+
+
 def _load_data(params: Params, want_eval: bool) -> tuple[Any, Any | None]:
+    """Train split, and the validation split for evaluation and model selection (the test split is never read here)."""
     from flant5_lib.data import load_from_params
 
     train_ds = load_from_params(params, "train")
@@ -67,6 +86,10 @@ def _training_arguments(params: Params, paths: Any, device: Any, mode: str, has_
         extra["ddp_find_unused_parameters"] = False  # every T5 weight takes part in each step
     if params.gradient_checkpointing:
         extra["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+    if has_eval:
+        metric = params.metric_for_best_model
+        extra["metric_for_best_model"] = metric if metric.startswith("eval_") else f"eval_{metric}"
+        extra["greater_is_better"] = metric != "eval_loss"
     return Seq2SeqTrainingArguments(
         output_dir=str(paths.checkpoint_dir),
         seed=params.seed,
@@ -76,6 +99,7 @@ def _training_arguments(params: Params, paths: Any, device: Any, mode: str, has_
         weight_decay=params.weight_decay,
         warmup_steps=params.warmup_ratio,  # a float in [0, 1) is a ratio in transformers v5
         lr_scheduler_type=params.lr_scheduler_type,
+        max_grad_norm=params.max_grad_norm,
         per_device_train_batch_size=params.per_device_train_batch_size,
         per_device_eval_batch_size=params.per_device_eval_batch_size,
         gradient_accumulation_steps=params.gradient_accumulation_steps,
@@ -87,6 +111,7 @@ def _training_arguments(params: Params, paths: Any, device: Any, mode: str, has_
         activation_checkpointing=params.gradient_checkpointing,
         train_sampling_strategy="random",  # length grouping is our own epoch-seeded sampler (FlanT5Trainer)
         logging_steps=params.logging_steps,
+        logging_nan_inf_filter=False,  # a non-finite loss stops the run (FlanT5Trainer), it is not averaged away
         save_strategy="steps",
         save_steps=params.save_steps,
         save_total_limit=None,  # rotation is done by train_ckpt.rotate, atomically
@@ -96,7 +121,7 @@ def _training_arguments(params: Params, paths: Any, device: Any, mode: str, has_
         disable_tqdm=False,
         dataloader_num_workers=params.dataloader_num_workers,
         dataloader_pin_memory=device.pin_memory,
-        predict_with_generate=False,
+        predict_with_generate=False,  # validation ROUGE uses the project's own length-sorted generation
         **extra,
     )
 
@@ -121,47 +146,22 @@ def _resume_point(params: Params, paths: Any, fingerprint: dict[str, Any], is_ma
     return ckpt
 
 
-def _save_final(trainer: Any, model: Any, tokenizer: Any, params: Params, out: Path, base_ref: str, mode: str) -> None:
-    """Merged weights (default), the adapter alone (lora_export=adapter), or the gathered FSDP state dict."""
-    from flant5_lib.modeling import save_model, write_model_folder
-
-    if mode == "fsdp":
-        state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # collective: every rank
-        if trainer.args.should_save:
-            unwrapped = trainer.accelerator.unwrap_model(trainer.model_wrapped)
-            write_model_folder(out, lambda tmp: unwrapped.save_pretrained(tmp, state_dict=state_dict), tokenizer, params)
-        return
-    if not trainer.args.should_save:
-        return
-    if params.lora and params.lora_export == "adapter":
-        model.peft_config["default"].base_model_name_or_path = base_ref
-
-        def write_adapter(tmp: Path) -> None:
-            model.save_pretrained(tmp, safe_serialization=True)  # adapter_config.json + adapter_model.safetensors
-            model.base_model.model.generation_config.save_pretrained(tmp)
-
-        write_model_folder(out, write_adapter, tokenizer, params)
-        return
-    if params.lora:
-        model = model.merge_and_unload()
-    save_model(model, tokenizer, out, params)
-
-
-def _write_reports(out: Path, metrics: dict[str, Any], log_history: list[dict[str, Any]]) -> None:
-    from flant5_lib.fileio import write_json
-
-    write_json(out / "train_metrics.json", metrics)
-    write_json(out / "log_history.json", log_history)
+def _prior_loss_sum(resume_from: Path | None) -> float | None:
+    """Loss summed over the steps before the resumed checkpoint (None: an older checkpoint that did not record it)."""
+    if resume_from is None:
+        return 0.0
     try:
-        from flant5_lib.plots import plot_loss_curves
-    except ImportError:  # plots.py belongs to the evaluation helper; training must not depend on it being there
-        log.warning("flant5_lib.plots not available: loss_curve.png not drawn")
-        return
-    plot_loss_curves(log_history, out / "loss_curve.png")
+        return float(json.loads((resume_from / train_ckpt.RUN_TOTALS).read_text(encoding="utf-8"))["loss_sum"])
+    except (OSError, ValueError, KeyError):
+        log.warning("%s has no %s: train_loss will cover only the steps run from now on", resume_from, train_ckpt.RUN_TOTALS)
+        return None
 
 
-def train(params: Params) -> TrainResult:
-    """Fine-tune `params.model_name` on `params.dataset`; returns where the model went and its metrics."""
+# --- phase 1: prepare -------------------------------------------------------------------------
+
+
+def prepare(params: Params, callbacks: list[Any] | None = None) -> Prepared:
+    """Check the settings, load data and model, resume point, build the Trainer. Nothing is trained yet."""
     from transformers import set_seed
     from transformers.integrations import TensorBoardCallback
 
@@ -198,53 +198,190 @@ def train(params: Params) -> TrainResult:
 
     train_ds = _tokenize(train_raw, tokenizer, params)
     eval_ds = _tokenize(eval_raw, tokenizer, params) if eval_raw is not None else None
+    rouge_records = None
+    if eval_raw is not None and params.eval_rouge_samples > 0:
+        subset = eval_raw.select(range(min(params.eval_rouge_samples, len(eval_raw))))
+        rouge_records = [{"dialogue": r["dialogue"], "summary": r["summary"]} for r in subset]
     lengths = [len(x) for x in train_ds["input_ids"]] if params.group_by_length and not params.pad_to_max_length else None
     collator = make_collator(tokenizer, model.get_base_model() if params.lora else model, params)
 
     tb = TensorBoardCallback()
     tb.logging_dir = str(paths.tensorboard_dir)
-    preempt = PreemptionCallback()
-    callbacks = [tb, preempt]
+    preempt = PreemptionCallback(params.save_every_minutes * 60 if params.save_every_minutes else None)
+    all_callbacks = [tb, preempt, *(callbacks or [])]
     if paths.checkpoint_uri or paths.tensorboard_uri:
-        callbacks.append(GcsSyncCallback(paths.checkpoint_dir, paths.checkpoint_uri, paths.tensorboard_dir, paths.tensorboard_uri))
+        all_callbacks.append(GcsSyncCallback(paths.checkpoint_dir, paths.checkpoint_uri, paths.tensorboard_dir, paths.tensorboard_uri))
     trainer = FlanT5Trainer(
         model=model, args=args, data_collator=collator, train_dataset=train_ds, eval_dataset=eval_ds,
-        processing_class=tokenizer, callbacks=callbacks,
-        fingerprint=fingerprint, keep_checkpoints=params.save_total_limit, lengths=lengths,
+        processing_class=tokenizer, callbacks=all_callbacks,
+        fingerprint=fingerprint, keep_checkpoints=params.save_total_limit, lengths=lengths, run_params=params,
+        rouge_records=rouge_records, precision="bf16" if device.bf16 else "fp32", prior_loss_sum=_prior_loss_sum(resume_from),
     )
+    return Prepared(params, device, mode, paths, trainer, tokenizer, preempt, resume_from, base_ref, len(train_ds),
+                    eval_ds is not None)
 
-    preempt.install()
+
+# --- phase 2: fit -----------------------------------------------------------------------------
+
+
+def fit(prep: Prepared) -> tuple[Any, float]:
+    """Run the Trainer (SIGTERM handled while it runs); returns its output and the wall time."""
+    prep.preempt.install()
     started = time.perf_counter()
     try:
-        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        output = prep.trainer.train(resume_from_checkpoint=str(prep.resume_from) if prep.resume_from else None)
     finally:
-        preempt.uninstall()
-    wall = time.perf_counter() - started
+        prep.preempt.uninstall()
+    return output, time.perf_counter() - started
+
+
+# --- phase 3: finish --------------------------------------------------------------------------
+
+
+def eval_history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per validation evaluation: {step, epoch, eval_loss, rouge1, rouge2, rougeL, rougeLsum} (ROUGE
+    None when it was not computed); what the run page plots and `eval_history.json` holds."""
+    from flant5_lib.metrics import ROUGE_KEYS
+
+    rows = []
+    for e in log_history:
+        if "eval_loss" in e:
+            rows.append({"step": e.get("step"), "epoch": e.get("epoch"), "eval_loss": e["eval_loss"],
+                         **{k: e.get(f"eval_{k}") for k in ROUGE_KEYS}})
+    return rows
+
+
+def _select_best(prep: Prepared) -> int:
+    """Evaluate the final state if it was not, then load the best checkpoint's weights; returns the published step."""
+    trainer, params = prep.trainer, prep.params
+    state = trainer.state
+    if prep.has_eval and not any(e.get("step") == state.global_step and "eval_loss" in e for e in state.log_history):
+        trainer._determine_best_metric(trainer.evaluate(), None)  # the final state competes too
+    best = trainer.best_step()
+    if not best or best == state.global_step:
+        return state.global_step
+    folder = None
+    with trainer.args.main_process_first(local=True, desc="best checkpoint"):
+        folder = train_ckpt.fetch(prep.paths.checkpoint_dir, best, prep.paths.checkpoint_uri)
+    if folder is None:
+        log.warning("best checkpoint (step %d) is gone; publishing the last state (step %d)", best, state.global_step)
+        return state.global_step
+    state.best_model_checkpoint = str(folder)
+    trainer._load_best_model()
+    log.info("publishing the best checkpoint: step %d, %s %.4f (last step %d)", best, trainer.args.metric_for_best_model,
+             state.best_metric, state.global_step)
+    return best
+
+
+def _whole_run_loss(trainer: Any, output: Any) -> float:
+    """Mean loss over every optimiser step of the run, across resumes (transformers reports this session's only)."""
+    session_steps = trainer.state.global_step - getattr(trainer, "_initial_global_step", 0)
+    if trainer.prior_loss_sum is None or trainer.state.global_step == 0:
+        return output.training_loss
+    return (trainer.prior_loss_sum + output.training_loss * session_steps) / trainer.state.global_step
+
+
+def _save_final(trainer: Any, model: Any, tokenizer: Any, params: Params, out: Path, base_ref: str, mode: str) -> None:
+    """Merged weights (default), the adapter alone (lora_export=adapter), or the gathered FSDP state dict."""
+    from flant5_lib.modeling import save_model, write_model_folder
+
+    if mode == "fsdp":
+        state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # collective: every rank
+        if trainer.args.should_save:
+            unwrapped = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+            write_model_folder(out, lambda tmp: unwrapped.save_pretrained(tmp, state_dict=state_dict), tokenizer, params)
+        return
+    if not trainer.args.should_save:
+        return
+    if params.lora and params.lora_export == "adapter":
+        model.peft_config["default"].base_model_name_or_path = base_ref
+
+        def write_adapter(tmp: Path) -> None:
+            model.save_pretrained(tmp, safe_serialization=True)  # adapter_config.json + adapter_model.safetensors
+            model.base_model.model.generation_config.save_pretrained(tmp)
+
+        write_model_folder(out, write_adapter, tokenizer, params)
+        return
+    if params.lora:
+        model = model.merge_and_unload()
+    save_model(model, tokenizer, out, params)
+
+
+def _write_reports(out: Path, metrics: dict[str, Any], log_history: list[dict[str, Any]]) -> None:
+    from flant5_lib.fileio import write_json
+
+    write_json(out / "train_metrics.json", metrics)
+    write_json(out / "log_history.json", log_history)
+    write_json(out / "eval_history.json", eval_history(log_history))
+    try:
+        from flant5_lib.plots import plot_loss_curves
+    except ImportError:  # plots.py belongs to the evaluation helper; training must not depend on it being there
+        log.warning("flant5_lib.plots not available: loss_curve.png not drawn")
+        return
+    plot_loss_curves(log_history, out / "loss_curve.png")
+
+
+def _throughput(prep: Prepared, padding: dict[str, Any], wall: float) -> dict[str, Any]:
+    """Model FLOP/s of the useful (non-pad) tokens, and MFU against the GPU's bf16 peak when it is known."""
+    import torch
+
+    from flant5_lib.train.flops import peak_bf16_flops, t5_train_flops
+
+    config = getattr(prep.trainer.accelerator.unwrap_model(prep.trainer.model), "config", None)
+    if config is None or not hasattr(config, "d_kv") or wall <= 0:
+        return {}
+    flops = t5_train_flops(config, padding["source_tokens"], padding["target_tokens"]) / wall
+    out: dict[str, Any] = {"model_tflops_per_second": round(flops / 1e12, 3)}
+    if not prep.device.use_cpu and torch.cuda.is_available():
+        peak = peak_bf16_flops(torch.cuda.get_device_name(0))
+        if peak:  # per GPU: the FLOPs above are summed over every process
+            out["mfu"] = round(flops / (peak * prep.trainer.args.world_size), 4)
+    return out
+
+
+def finish(prep: Prepared, output: Any, wall: float) -> TrainResult:
+    """Pick the best checkpoint, save the model, write the reports, upload; or report where an interrupted run stopped."""
+    trainer, params, paths = prep.trainer, prep.params, prep.paths
     padding = trainer.padding_stats()
     metrics: dict[str, Any] = {
-        "train_loss": output.training_loss,
+        "train_loss": _whole_run_loss(trainer, output),
+        "train_loss_this_session": output.training_loss,
         "train_runtime": output.metrics.get("train_runtime", wall),
         "train_samples_per_second": output.metrics.get("train_samples_per_second"),
         "train_tokens_per_second": round(padding["real_tokens"] / wall, 1) if wall > 0 else None,
         "global_step": trainer.state.global_step,
         "epoch": trainer.state.epoch,
-        "resumed_from": str(resume_from) if resume_from else None,
-        "num_train_examples": len(train_ds),
-        "device": device.description,
-        "world_size": args.world_size,
+        "resumed_from": str(prep.resume_from) if prep.resume_from else None,
+        "num_train_examples": prep.num_train_examples,
+        "device": prep.device.description,
+        "world_size": trainer.args.world_size,
+        "label_smoothing": params.label_smoothing,
+        "max_grad_norm": params.max_grad_norm,
         **padding,
     }
-    log_history = list(trainer.state.log_history)
-    if preempt.stopped_at is not None and trainer.state.global_step < trainer.state.max_steps:
+    metrics.update(_throughput(prep, padding, wall))
+    if prep.preempt.stopped_at is not None and trainer.state.global_step < trainer.state.max_steps:
         ckpt = train_ckpt.newest_complete(paths.checkpoint_dir)
         log.warning("stopped by SIGTERM at step %d; checkpoint %s; run the same command again to resume", trainer.state.global_step, ckpt)
-        return TrainResult(paths.model_dir, metrics, log_history, interrupted=True, checkpoint=ckpt)
+        return TrainResult(paths.model_dir, metrics, list(trainer.state.log_history), interrupted=True, checkpoint=ckpt)
 
-    if eval_ds is not None:
-        metrics["eval_loss"] = trainer.evaluate().get("eval_loss")
-        log_history = list(trainer.state.log_history)
-    _save_final(trainer, trainer.model, tokenizer, params, paths.model_dir, base_ref, mode)
-    if is_main:
+    if prep.has_eval:
+        published = _select_best(prep)
+        row = next((r for r in reversed(eval_history(trainer.state.log_history)) if r["step"] == published), {})
+        metrics.update({
+            "selection_split": "validation",  # model selection and early stopping never read the test split
+            "metric_for_best_model": trainer.args.metric_for_best_model,
+            "best_step": trainer.state.best_global_step, "best_metric": trainer.state.best_metric,
+            "published_step": published,
+            "early_stopped": trainer.state.global_step < trainer.state.max_steps,
+            "eval_rouge_samples": len(trainer.rouge_records),
+            **{(k if k.startswith("eval_") else f"eval_{k}"): v for k, v in row.items() if k not in ("step", "epoch")},
+        })
+    else:  # no validation split or eval_strategy=no: nothing was selected, the last state is published
+        metrics.update({"selection_split": None, "published_step": trainer.state.global_step})
+    log_history = list(trainer.state.log_history)
+    _save_final(trainer, trainer.model, prep.tokenizer, params, paths.model_dir, prep.base_ref, prep.mode)
+    if trainer.args.process_index == 0:
         _write_reports(paths.model_dir, metrics, log_history)
         if paths.model_uri:
             from flant5_lib import storage
@@ -252,10 +389,20 @@ def train(params: Params) -> TrainResult:
             storage.upload_dir(paths.model_dir, paths.model_uri)
             log.info("model uploaded to %s", paths.model_uri)
         if paths.tensorboard_uri:
+            from flant5_lib.train.trainer import GcsSyncCallback
+
             GcsSyncCallback(paths.checkpoint_dir, None, paths.tensorboard_dir, paths.tensorboard_uri).sync_tensorboard()
     trainer.accelerator.wait_for_everyone()
     log.info("model saved in %s (train loss %.4f, padding %.1f%%)", paths.model_dir, metrics["train_loss"], 100 * padding["padding_fraction"])
     return TrainResult(paths.model_dir, metrics, log_history, checkpoint=train_ckpt.newest_complete(paths.checkpoint_dir))
+
+
+def train(params: Params, callbacks: list[Any] | None = None) -> TrainResult:
+    """Fine-tune `params.model_name` on `params.dataset`: prepare, fit, finish. `callbacks` are extra
+    transformers `TrainerCallback`s (progress hooks, tests that slow a step or inject a fault)."""
+    prep = prepare(params, callbacks)
+    output, wall = fit(prep)
+    return finish(prep, output, wall)
 
 
 # --- command line -----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Vertex AI: request builders (`specs`), SDK calls (`jobs`), machine presets, cost estimates, the job entry point
-(`task`) and `localstack`, the offline stand-in of the Vertex API and Cloud Storage.
+"""Vertex AI: request builders (`specs`), SDK calls (`jobs`), the checks run before paying (`preflight`), the images
+jobs and deployments use (`images`, built by `build`), machine presets, cost estimates, the job entry point (`task`)
+and `localstack`, the offline stand-in of the Vertex API and Cloud Storage.
 
 May import the core modules of `flant5_lib`; never `train`, `serve`, `workbench` or `commands` (a job or a deployment
 runs those as processes, not imports).
@@ -26,11 +27,15 @@ _NAMES = {
     "latest_model": "flant5_lib.vertex.jobs",
     "get_endpoint": "flant5_lib.vertex.jobs",
     "download_artifacts": "flant5_lib.vertex.jobs",
-    "estimate": "flant5_lib.vertex.estimate",
+    "estimate_cost": "flant5_lib.vertex.estimate:estimate",
     "format_estimate": "flant5_lib.vertex.estimate",
     "load_prices": "flant5_lib.vertex.estimate",
     "PRESETS": "flant5_lib.vertex.presets",
     "start_local_stack": "flant5_lib.vertex.localstack",
+    "preflight_problems": "flant5_lib.vertex.preflight",
+    "require_preflight": "flant5_lib.vertex.preflight",
+    "train_image": "flant5_lib.vertex.images",
+    "serving_image": "flant5_lib.vertex.images",
 }
 __all__ = sorted(_NAMES)
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES)

@@ -17,7 +17,7 @@ from flant5_lib.config import Params
 from flant5_lib.errors import CloudError
 from flant5_lib.vertex.specs import resolve
 
-DEFAULT_PRICES = Path(__file__).resolve().parent.parent / "params" / "prices.yaml"
+DEFAULT_PRICES = Path(__file__).resolve().parents[2] / "params" / "prices.yaml"
 
 
 def load_prices(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -39,9 +39,10 @@ def dataset_size(params: Params, prices: dict[str, Any]) -> int:
     if params.dataset in known:
         return int(known[params.dataset])
     if params.dataset.startswith("synthetic") or Path(params.dataset).exists():
-        from flant5_lib.data import load_split
+        from flant5_lib.data import Columns, load_split
 
-        return len(load_split(params.dataset, "train", missing_split=params.missing_split, seed=params.seed))
+        return len(load_split(params.dataset, "train", missing_split=params.missing_split, seed=params.seed,
+                              columns=Columns.from_params(params)))
     raise CloudError(f"dataset: cannot count {params.dataset!r} offline; set max_train_samples or add it to "
                      "dataset_sizes in params/prices.yaml")
 

@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from flant5_lib import storage
+from flant5_lib.vertex import images
 from flant5_lib.vertex import specs as vertex
+from flant5_lib.vertex.preflight import require as require_preflight
+from flant5_lib.vertex.preflight import serving_hardware_problem
 from flant5_lib.config import Params, save_params
 from flant5_lib.errors import CloudError
 
@@ -64,6 +67,7 @@ def run_training(params: Params, *, wait: bool = True) -> tuple[Any, Any]:
     """Launch the training job; returns (job, registered Model or None). `wait=False` returns once it is created."""
     params = vertex.resolve(params)
     vertex.check_params(params, need=_NEED, train=True)
+    require_preflight(params)
     aiplatform = init_sdk(params)
     staged = stage_inputs(params)
     serving: dict[str, Any] = {}
@@ -76,12 +80,12 @@ def run_training(params: Params, *, wait: bool = True) -> tuple[Any, Any]:
     if params.train_job_kind == "script":
         job = aiplatform.CustomTrainingJob(
             display_name=params.train_display_name, script_path=str(Path(vertex.__file__).with_name("task.py")),
-            container_uri=params.train_container_uri, requirements=vertex.project_requirements(params),
+            container_uri=images.train_image(params), requirements=vertex.project_requirements(params),
             staging_bucket=params.staging_bucket, **serving)
     else:
-        job = aiplatform.CustomContainerTrainingJob(
-            display_name=params.train_display_name, container_uri=params.train_container_uri,
-            command=["python", "-m", vertex.TASK_MODULE], staging_bucket=params.staging_bucket, **serving)
+        job = aiplatform.CustomContainerTrainingJob(  # no command: the image's ENTRYPOINT runs the task
+            display_name=params.train_display_name, container_uri=images.train_image(params),
+            staging_bucket=params.staging_bucket, **serving)
     accel = {}
     if params.train_accelerator_type and params.train_accelerator_count:
         accel = {"accelerator_type": params.train_accelerator_type, "accelerator_count": params.train_accelerator_count}
@@ -96,14 +100,15 @@ def run_training(params: Params, *, wait: bool = True) -> tuple[Any, Any]:
 
 def upload_model(params: Params, artifact_uri: str | None = None) -> Any:
     """Register a model folder in gs:// with the project's serving container."""
-    vertex.check_params(params, need=(*_NEED, "serving_container_uri"))
+    vertex.check_params(params, need=_NEED)
+    require_preflight(params)
     uri = artifact_uri or vertex.model_artifact_uri(params)
     if not storage.is_gcs(uri):
         raise CloudError(f"model_artifact_uri: {uri!r} must be a gs://BUCKET/PATH folder holding the model")
     aiplatform = init_sdk(params)
     return aiplatform.Model.upload(
         display_name=params.model_display_name, artifact_uri=uri,
-        serving_container_image_uri=params.serving_container_uri,
+        serving_container_image_uri=images.serving_image(params),
         serving_container_predict_route=params.serving_predict_route,
         serving_container_health_route=params.serving_health_route,
         serving_container_ports=[params.serving_port],
@@ -145,6 +150,10 @@ def get_endpoint(params: Params, endpoint_name: str | None = None) -> Any:
 def deploy_model(params: Params, model: Any) -> Any:
     """Deploy to the endpoint named endpoint_display_name (created if missing); returns the Endpoint."""
     vertex.check_params(params, need=_NEED, deploy=True)
+    image = model.gca_resource.container_spec.image_uri  # the image the model was uploaded with
+    problem = serving_hardware_problem(image, params.deploy_accelerator_type, params.deploy_machine_type)
+    if problem:
+        raise CloudError(f"{model.resource_name}: {problem}")
     aiplatform = init_sdk(params)
     found = find_endpoints(params)
     endpoint = found[0] if found else aiplatform.Endpoint.create(

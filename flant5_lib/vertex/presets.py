@@ -52,34 +52,44 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def check_machine(machine_type: str, accelerator_type: str | None, accelerator_count: int, field: str = "train") -> None:
-    """Raise one CloudError naming the fields when the pair or the count is impossible."""
+def machine_problem(machine_type: str, accelerator_type: str | None, accelerator_count: int, field: str = "train") -> str | None:
+    """One line naming the fields when the machine/accelerator pair or the count is impossible; None when valid.
+
+    The same rule answers preflight, the `check_machine` guard and the local stand-in (400 INVALID_ARGUMENT)."""
     acc = accelerator_type or ""
     where = f"{field}_machine_type/{field}_accelerator_type/{field}_accelerator_count"
     for family, (gpu, sizes) in _GPU_MACHINES.items():
         if machine_type.startswith(family + "-"):
             if machine_type not in sizes:
-                raise CloudError(f"{field}_machine_type: unknown machine {machine_type!r}; known {family} types: {', '.join(sizes)}")
+                return f"{field}_machine_type: unknown machine {machine_type!r}; known {family} types: {', '.join(sizes)}"
             if acc != gpu:
-                raise CloudError(f"{where}: {machine_type} comes with {gpu}, not {acc or 'no accelerator'}; set {field}_accelerator_type: {gpu}")
+                return f"{where}: {machine_type} comes with {gpu}, not {acc or 'no accelerator'}; set {field}_accelerator_type: {gpu}"
             if accelerator_count != sizes[machine_type]:
-                raise CloudError(
-                    f"{field}_accelerator_count: {machine_type} has exactly {sizes[machine_type]} x {gpu}, not {accelerator_count}"
-                )
-            return
+                return (f"{field}_accelerator_count: {machine_type} has exactly {sizes[machine_type]} x {gpu}, "
+                        f"not {accelerator_count}; set {field}_accelerator_count: {sizes[machine_type]}")
+            return None
     if machine_type.startswith(_CPU_FAMILIES):
         if not acc and accelerator_count == 0:
-            return
+            return None
+        if acc and accelerator_count == 0:
+            return f"{field}_accelerator_count: 0 with {field}_accelerator_type {acc}; set a count or clear the type"
         if not machine_type.startswith("n1-"):
-            raise CloudError(f"{where}: {machine_type} takes no accelerator; use an a2-/g2- machine or n1- with T4/V100")
+            return f"{where}: {machine_type} takes no accelerator; use an a2-/g2- machine or n1- with T4/V100"
         if acc not in _N1_GPUS:
-            raise CloudError(f"{field}_accelerator_type: {acc!r} cannot attach to {machine_type}; choose one of {', '.join(_N1_GPUS)}")
+            return f"{field}_accelerator_type: {acc!r} cannot attach to {machine_type}; choose one of {', '.join(_N1_GPUS)}"
         if accelerator_count not in _N1_GPUS[acc]:
             counts = ", ".join(map(str, _N1_GPUS[acc]))
-            raise CloudError(f"{field}_accelerator_count: {acc} attaches to {machine_type} in counts {counts}, not {accelerator_count}")
-        return
+            return f"{field}_accelerator_count: {acc} attaches to {machine_type} in counts {counts}, not {accelerator_count}"
+        return None
     families = ", ".join([*(_GPU_MACHINES), *(f.rstrip("-") for f in _CPU_FAMILIES)])
-    raise CloudError(f"{field}_machine_type: unknown machine type {machine_type!r}; known families: {families}")
+    return f"{field}_machine_type: unknown machine type {machine_type!r}; known families: {families}"
+
+
+def check_machine(machine_type: str, accelerator_type: str | None, accelerator_count: int, field: str = "train") -> None:
+    """Raise one CloudError naming the fields when the pair or the count is impossible."""
+    problem = machine_problem(machine_type, accelerator_type, accelerator_count, field)
+    if problem:
+        raise CloudError(problem)
 
 
 def apply_preset(name: str) -> dict[str, object]:

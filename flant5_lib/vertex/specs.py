@@ -8,6 +8,7 @@ machine/GPU pair or a bucket that is not gs:// is one line at once, not a failed
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import logging
@@ -19,17 +20,15 @@ from typing import Any
 from flant5_lib import storage
 from flant5_lib.config import Params
 from flant5_lib.errors import CloudError
+from flant5_lib.vertex import images
 from flant5_lib.vertex.presets import apply_preset, check_machine
 
 log = logging.getLogger(__name__)
 
 TASK_MODULE = "flant5_lib.vertex.task"
 CUSTOM_TASK_SCHEMA = "gs://google-cloud-aiplatform/schema/trainingjob/definition/custom_task_1.0.0.yaml"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _DIST_NAME = "flant5-lib"
-# the image brings CUDA torch; the rest serve notebooks, serving or local stand-ins, never `flant5_lib.train`
-_NOT_FOR_TRAINING = {"torch", "gcp-storage-emulator", "papermill", "ipykernel", "nbformat", "ctranslate2",
-                     "fastapi", "uvicorn"}
 
 
 def placeholder(value: Any, name: str) -> Any:
@@ -57,8 +56,6 @@ def check_params(params: Params, *, need: tuple[str, ...] = ("gcp_project", "gcp
         value = getattr(params, name)
         if value and not storage.is_gcs(value):
             raise CloudError(f"{name}: {value!r} must be a gs://BUCKET/PATH URI")
-    if train and params.tensorboard_resource and not params.service_account and not dry_run:
-        raise CloudError("service_account: Vertex needs a service account to write to tensorboard_resource; set both or neither")
     if dry_run:
         return
     missing = [n for n in need if getattr(params, n) in (None, "") or "<" in str(getattr(params, n))]  # '<...>' = template
@@ -100,9 +97,9 @@ def params_uri(params: Params) -> str:
 
 
 def container_spec(params: Params) -> dict[str, Any]:
-    """Serving container of Model.upload (REST field names)."""
+    """Serving container of Model.upload (REST field names): the image matching the deploy hardware."""
     return {
-        "imageUri": placeholder(params.serving_container_uri, "serving_container_uri"),
+        "imageUri": images.serving_image(params),
         "ports": [{"containerPort": params.serving_port}],
         "predictRoute": params.serving_predict_route,
         "healthRoute": params.serving_health_route,
@@ -120,21 +117,10 @@ def machine_spec(machine: str, accelerator: str | None, count: int) -> dict[str,
 
 
 def project_requirements(params: Params) -> list[str]:
-    """The job's pip requirements: params, or the project's own dependencies minus torch (the image has CUDA torch)."""
-    if params.train_requirements is not None:
-        return list(params.train_requirements)
-    try:
-        reqs = metadata.requires(_DIST_NAME) or []
-    except metadata.PackageNotFoundError:
-        return []
-    keep = [r for r in reqs if "extra ==" not in r]
-    return [r for r in keep if _req_name(r) not in _NOT_FOR_TRAINING]
+    """The pip requirements of a 'script' job (torch included: see `preflight.script_requirements`)."""
+    from flant5_lib.vertex.preflight import script_requirements
 
-
-def _req_name(req: str) -> str:
-    import re
-
-    return re.split(r"[<>=!~;\[ ]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+    return script_requirements(params)
 
 
 def build_project_archive(root: Path = PROJECT_ROOT) -> tuple[str, bytes]:
@@ -150,7 +136,9 @@ def build_project_archive(root: Path = PROJECT_ROOT) -> tuple[str, bytes]:
     version = metadata.version(_DIST_NAME) if _has_dist() else "0"
     top = f"flant5_lib-{version}"
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+    # gzip's header carries a timestamp too: mtime=0 there as well, so the same sources give the same bytes
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         names = {f.relative_to(root).as_posix(): f for f in files if "__pycache__" not in f.parts}
         if "README.md" not in names:
             names["README.md"] = None  # pyproject names it as the readme
@@ -198,15 +186,15 @@ def training_request(params: Params, *, script_package: str = "<script package u
         m.update(accelerator_type=params.train_accelerator_type, accelerator_count=params.train_accelerator_count)
     if params.train_job_kind == "script":
         runner: dict[str, Any] = {"python_package_spec": {
-            "executor_image_uri": params.train_container_uri,
+            "executor_image_uri": images.train_image(params),
             "package_uris": [script_package],
             "python_module": "aiplatform_custom_trainer_script.task",
             "args": args,
         }}
     else:
-        # the SDK spells this one in camelCase (python_package_spec stays snake_case): shown as it is sent
-        runner = {"containerSpec": {"imageUri": params.train_container_uri,
-                                    "command": ["python", "-m", TASK_MODULE], "args": args}}
+        # the SDK spells this one in camelCase (python_package_spec stays snake_case): shown as it is sent. No
+        # command: the image's ENTRYPOINT (python -m flant5_lib.vertex.task) runs with these args
+        runner = {"containerSpec": {"imageUri": images.train_image(params), "args": args}}
     pools = [{**runner, "machine_spec": m, "replica_count": 1,
               "disk_spec": {"boot_disk_type": "pd-ssd", "boot_disk_size_gb": 100}}]
     if params.train_replica_count > 1:
@@ -221,7 +209,7 @@ def training_request(params: Params, *, script_package: str = "<script package u
         inputs["scheduling"] = {"strategy": "SPOT"}
     body: dict[str, Any] = {"displayName": params.train_display_name,
                             "trainingTaskDefinition": CUSTOM_TASK_SCHEMA, "trainingTaskInputs": inputs}
-    if params.serving_container_uri:
+    if params.serving_container_uri:  # set explicitly: job.run registers the model, as the sample does
         body["modelToUpload"] = {"displayName": params.model_display_name, "containerSpec": container_spec(params),
                                  "versionAliases": ["default"]}
     uploads = {"params": params_uri(params)}

@@ -13,8 +13,7 @@ import logging
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +69,130 @@ def recorded(params: Params, name: str) -> Any | None:
 def absolute_run_dir(params: Params) -> Params:
     """The same params with run_dir absolute: jobs and servers run in other folders."""
     return params.with_overrides(run_dir=str(Path(params.run_dir).expanduser().resolve()))
+
+
+# --- the parameters cell ---------------------------------------------------------------------------
+
+_KNOB_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+PAPERMILL_HEADER = "# Parameters"  # the first line of the cell papermill injects after the `parameters` cell
+
+
+def _assigned(source: str) -> dict[str, str | None]:
+    """{name: annotation source or None} for the top-level assignments of one cell."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return {}
+    names: dict[str, str | None] = {}
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names[node.target.id] = ast.unparse(node.annotation)
+        elif isinstance(node, ast.Assign):
+            names.update({t.id: None for t in node.targets if isinstance(t, ast.Name)})
+    return names
+
+
+def injected_parameters(history: Sequence[str]) -> tuple[dict[str, str | None], dict[str, str | None]]:
+    """(declared, injected) from the kernel's input history: the notebook's `parameters` cell and the cell papermill
+    ran right after it. Both empty when nothing was injected (JupyterLab, nbval)."""
+    for i in range(len(history) - 1, 0, -1):
+        if history[i].lstrip().startswith(PAPERMILL_HEADER):
+            return _assigned(history[i - 1]), _assigned(history[i])
+    return {}, {}
+
+
+def _one_line_user_errors() -> None:
+    """In a notebook, a `UserError` (a mistake the user can fix) shows as one line, as the CLI prints it, instead of a
+    40-line traceback; any other exception keeps its traceback. Other cells and kernels are unaffected."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def handler(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: int | None = None) -> list[str]:
+        stb = [f"{etype.__name__}: {value}"]
+        shell._showtraceback(etype, value, stb)
+        return stb
+
+    shell.set_custom_exc((UserError,), handler)
+
+
+def notebook_params(namespace: dict[str, Any]) -> Params:
+    """The notebook's `Params`, after checking what papermill injected against the notebook's `parameters` cell.
+
+    papermill only warns about a name the cell does not declare and injects values of any type, so a typo'd
+    `-p learnin_rate 1e-3` would be silently ignored and `-p n_examples three` fail cells later. Here each is one
+    line naming the parameter: an unknown name (with the closest known one), a wrong type, a bad Params value.
+    """
+    import difflib
+
+    from flant5_lib.config import params_from_namespace
+    from flant5_lib.errors import ParamsError
+
+    _one_line_user_errors()
+    declared, injected = injected_parameters(list(namespace.get("In") or namespace.get("_ih") or []))
+    known = [*declared, *Params.model_fields]
+    problems = []
+    for name in injected:
+        if name not in declared and name not in Params.model_fields:
+            close = difflib.get_close_matches(name, known, n=1)
+            problems.append(f"{name}: not a parameter of this notebook" + (f" (did you mean {close[0]}?)" if close else ""))
+    for name, annotation in declared.items():
+        expected = _KNOB_TYPES.get(annotation or "")
+        if name in Params.model_fields or name not in injected or not expected:
+            continue  # Params validates its own fields below
+        value = namespace.get(name)
+        if not isinstance(value, expected) or (bool not in expected and isinstance(value, bool)):
+            problems.append(f"{name}: {value!r} is not a valid {annotation}")
+    if problems:
+        raise ParamsError("notebook parameters: " + "; ".join(problems))
+    return params_from_namespace(namespace)
+
+
+# --- tables that read at a glance ---------------------------------------------------------------------------
+
+_TEXT_STYLE = {"text-align": "left", "white-space": "pre-wrap", "vertical-align": "top", "max-width": "420px"}
+
+
+def text_table(df: Any, decimals: int = 1) -> Any:
+    """A pandas Styler for tables of dialogues and summaries: text left-aligned and wrapped with its line breaks
+    kept and HTML-escaped (SAMSum's `<file_photo>` is text, not a tag), numbers with `decimals` decimals, no index."""
+    numeric = list(df.select_dtypes("number").columns)
+    text = [c for c in df.columns if c not in numeric]
+    styler = df.style.hide(axis="index").format(precision=decimals, escape="html")
+    if text:
+        styler = styler.set_properties(subset=text, **_TEXT_STYLE)
+    return styler.set_table_styles([{"selector": "th", "props": [("text-align", "left")]},
+                                    {"selector": "td", "props": [("vertical-align", "top")]}])
+
+
+def run_predictions(run_dir: str | os.PathLike[str]) -> dict[str, list[dict[str, Any]]]:
+    """{system: its predictions.jsonl rows} for every evaluation in the run folder (per-bucket intervals, samples)."""
+    from flant5_lib.evaluate import load_predictions
+
+    return {p.parent.name: load_predictions(p.parent) for p in sorted(Path(run_dir, "eval").glob("*/predictions.jsonl"))}
+
+
+def results_table(metrics_by_name: Mapping[str, Mapping[str, Any]]) -> Any:
+    """`comparison_table` with one unit per length column (words for every system, tokens for models) and one decimal."""
+    from flant5_lib.evaluate import comparison_table
+
+    df = comparison_table(metrics_by_name)
+    if df.empty:
+        return df
+    words = {n: m.get("gen_words", m.get("gen_len") if m.get("gen_len_unit") == "words" else None)
+             for n, m in metrics_by_name.items()}
+    tokens = {n: m.get("gen_len") if str(m.get("gen_len_unit", "")).startswith("tokens") else None
+              for n, m in metrics_by_name.items()}
+    df = df.drop(columns=[c for c in ("gen_len", "gen_len_unit") if c in df.columns])
+    df["summary words"] = [words.get(n) for n in df.index]
+    df["summary tokens"] = [tokens.get(n) for n in df.index]
+    return df.style.format(precision=1, na_rep="–")
 
 
 # --- the Vertex connection ---------------------------------------------------------------------------

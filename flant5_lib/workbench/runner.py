@@ -23,12 +23,12 @@ from typing import Any
 
 from flant5_lib.config import Params, load_params, read_params_file, save_params
 from flant5_lib.errors import Flant5Error, ParamsError, UserError
+from flant5_lib.workbench.preflight import VERTEX_NOTEBOOKS, preflight
 
 log = logging.getLogger(__name__)
 
 NOTEBOOK_RE = re.compile(r"^(\d\d)_[\w-]+\.ipynb$")
 KERNEL_NAME = "flant5"
-VERTEX_NOTEBOOKS = ("02", "04", "05")  # the ones that talk to Vertex AI (or its local stand-in)
 _PYTHON_NAMES = {"python", f"python{sys.version_info[0]}", f"python{sys.version_info[0]}.{sys.version_info[1]}"}
 
 
@@ -72,7 +72,7 @@ class RunInfo:
 def default_notebooks_dir() -> Path:
     """./notebooks when run from a checkout's root, else the checkout this package was installed from."""
     here = Path.cwd() / "notebooks"
-    return here if here.is_dir() else Path(__file__).resolve().parents[1] / "notebooks"
+    return here if here.is_dir() else Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def discover_notebooks(notebooks_dir: str | os.PathLike[str]) -> list[Path]:
@@ -133,32 +133,6 @@ def _quiet_papermill(verbose: bool = False) -> None:
 # --- validation -----------------------------------------------------------------------------------
 
 
-def _looks_unset(value: Any) -> bool:
-    """None, empty, or a `<placeholder>` left from the shipped params files."""
-    return value is None or (isinstance(value, str) and (not value.strip() or "<" in value))
-
-
-def check_mode(params: Params, numbers: Sequence[str], source: str) -> None:
-    """Values the chosen mode cannot run without: a real project and bucket in the cloud, possible machines."""
-    if not set(numbers) & set(VERTEX_NOTEBOOKS):
-        return
-    from flant5_lib.vertex import specs as vertex
-
-    try:
-        vertex.check_params(vertex.resolve(params), dry_run=True, train=True, deploy=True)
-    except UserError as err:
-        raise ParamsError(f"{source}: {err}") from None
-    if params.vertex_mode != "cloud":
-        return
-    problems = [
-        f"{name}: {getattr(params, name)!r} must be set for vertex_mode=cloud (e.g. --set {name}={example})"
-        for name, example in (("gcp_project", "my-project"), ("staging_bucket", "gs://my-bucket/flant5"))
-        if _looks_unset(getattr(params, name))
-    ]
-    if problems:
-        raise ParamsError(f"{source}: " + "; ".join(problems))
-
-
 def resolve_run_dir(params_file: str | None, file_values: dict[str, Any], out: str | None) -> Path:
     """--out, else the file's run_dir, else runs/<params file name>; always absolute."""
     if out:
@@ -213,14 +187,19 @@ def plan_run(
     file_values = read_params_file(params_file) if params_file else {}
     run_dir = resolve_run_dir(params_file, file_values, out)
     notebooks = select_notebooks(discover_notebooks(notebooks_dir or default_notebooks_dir()), only)
+    # The preflight first, on the Params fields alone: it imports nothing heavy, so a mistake costs seconds
+    # (reading notebooks imports nbformat, whose jsonschema dependency alone takes 1-4 s to import).
+    fields = {k: v for k, v in (overrides or {}).items() if k in Params.model_fields}
+    params = load_params(params_file, {**fields, "run_dir": str(run_dir)})
+    preflight(params, [NOTEBOOK_RE.match(nb.name).group(1) for nb in notebooks], run_dir, params_file or "params")  # type: ignore[union-attr]
     nb_params = {nb.name: notebook_parameters(nb) for nb in notebooks}
     params_overrides, nb_overrides = _split_overrides(overrides or {}, nb_params)
+    if params_overrides != fields:  # names a --set key that is neither a Params field nor a notebook's parameter
+        params = load_params(params_file, {**params_overrides, "run_dir": str(run_dir)})
     explicit = {**file_values, **params_overrides, "run_dir": str(run_dir)}
-    params = load_params(params_file, {**params_overrides, "run_dir": str(run_dir)})
     for nb, names in nb_params.items():
         if "run_dir" not in names:
             raise UserError(f"{nb}: its parameters cell has no run_dir (every notebook writes into the run folder)")
-    check_mode(params, [NOTEBOOK_RE.match(nb.name).group(1) for nb in notebooks], params_file or "params")  # type: ignore[union-attr]
     return Plan(params, explicit, run_dir, notebooks, nb_params, params_file, nb_overrides)
 
 
@@ -315,8 +294,22 @@ def vertex_stack(plan: Plan) -> Iterator[Any]:
         state.unlink(missing_ok=True)
 
 
-def run_plan(plan: Plan, *, kernel_name: str | None = None, log_output: bool = False, echo: Any = None) -> RunInfo:
-    """Execute the planned notebooks in order; write run.json, metrics.json and index.html whatever happens."""
+def _progress_bar(live: bool, label: str) -> dict[str, Any] | bool:
+    """papermill's per-cell tqdm bar as one updating line `[2/6] 01_finetune_local.ipynb: cell 5/10, 00:42 elapsed`
+    on a terminal; nothing when the output is a log file or a pipe (the start and end lines are printed anyway)."""
+    if not live:
+        return False
+    return {"desc": label, "bar_format": "{desc}: cell {n_fmt}/{total_fmt}, {elapsed} elapsed", "leave": False,
+            "file": sys.stderr}
+
+
+def run_plan(
+    plan: Plan, *, kernel_name: str | None = None, log_output: bool = False, echo: Any = None, live: bool = False
+) -> RunInfo:
+    """Execute the planned notebooks in order; write run.json, metrics.json and index.html whatever happens.
+
+    `live`: show the cell being run and the elapsed time on one updating line (for a terminal).
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -342,14 +335,17 @@ def run_plan(plan: Plan, *, kernel_name: str | None = None, log_output: bool = F
     try:
         with vertex_stack(plan):
             for i, (nb, rec) in enumerate(zip(plan.notebooks, info.notebooks), start=1):
-                echo(f"[{i}/{len(plan.notebooks)}] {nb.name} ...")
+                if not live:
+                    echo(f"[{i}/{len(plan.notebooks)}] {nb.name} ...")
                 t0 = time.perf_counter()
                 try:
                     papermill.execute_notebook(
                         str(nb), rec.output, parameters=notebook_inputs(plan, nb), kernel_name=kernel,
-                        cwd=os.getcwd(), progress_bar=False, log_output=log_output,
-                        # the kernel's start-up warning about unencrypted local TCP is noise on 127.0.0.1
-                        extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                        cwd=os.getcwd(), log_output=log_output,
+                        progress_bar=_progress_bar(live and not log_output, f"[{i}/{len(plan.notebooks)}] {nb.name}"),
+                        # the kernel's own log is noise on this terminal (a start-up warning about unencrypted TCP on
+                        # 127.0.0.1, "KeyboardInterrupt caught in kernel" at shutdown); cell errors come as messages
+                        extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
                     )
                     rec.status = "ok"
                 except PapermillExecutionError as err:
@@ -386,7 +382,8 @@ def run(
     notebooks_dir: str | os.PathLike[str] | None = None,
     log_output: bool = False,
     echo: Any = None,
+    live: bool = False,
 ) -> RunInfo:
     """Validate, then run the notebooks; see `plan_run` and `run_plan`."""
     plan = plan_run(params_file, overrides, out=out, only=only, notebooks_dir=notebooks_dir)
-    return run_plan(plan, log_output=log_output, echo=echo)
+    return run_plan(plan, log_output=log_output, echo=echo, live=live)

@@ -39,7 +39,9 @@ def test_float32_conversion_matches_transformers_exactly(talk_model: Path, encod
     hf, ids = encoded
     ct2 = CT2Backend(talk_model, compute_type="float32", device="cpu")
     for kwargs in (GREEDY, {"max_new_tokens": 10, "num_beams": 1, "do_sample": False},
-                   {"max_new_tokens": 8, "num_beams": 3, "do_sample": False}):
+                   {"max_new_tokens": 8, "num_beams": 3, "do_sample": False},
+                   # a model's saved generation config (generation_config.json) reaches CTranslate2 too
+                   {"max_new_tokens": 12, "num_beams": 1, "do_sample": False, "no_repeat_ngram_size": 2}):
         expected = hf.generate(ids, kwargs)
         assert sum(bool(t) for t in expected) >= 12 and len(set(expected)) >= 4  # non-trivial outputs
         assert ct2.generate(ids, kwargs) == expected, kwargs
@@ -118,3 +120,14 @@ def test_server_with_ctranslate2_backend(talk_model: Path, encoded) -> None:
         dialogues = [r["dialogue"] for r in generate_records(16, seed=3)][:3]
         r = httpx.post(base + "/predict", json={"instances": dialogues, "parameters": {"max_new_tokens": 8, "min_new_tokens": 8}})
         assert r.json()["predictions"] == hf.generate(ids[:3], GREEDY)
+
+
+def test_saved_generation_settings_change_what_ct2_generates(talk_model: Path, encoded) -> None:
+    """The check above is only worth something if the option bites: on this model it must change some summaries."""
+    from flant5_lib.serve.ct2 import CT2Backend
+
+    hf, ids = encoded
+    ct2 = CT2Backend(talk_model, compute_type="float32", device="cpu")
+    plain = {"max_new_tokens": 12, "num_beams": 1, "do_sample": False}
+    assert ct2.generate(ids, {**plain, "no_repeat_ngram_size": 2}) != ct2.generate(ids, plain)
+    assert ct2.generate(ids, {**plain, "repetition_penalty": 2.0}) != ct2.generate(ids, plain)

@@ -1,5 +1,6 @@
-"""The prediction container over real HTTP: the Dockerfile's uvicorn command, custom AIP_* routes and port, bad inputs,
-concurrent requests, body limits, and a schemathesis fuzz run against the app's own OpenAPI schema."""
+"""The prediction container over real HTTP: the Dockerfile's uvicorn command, custom AIP_* routes and port, JSON logs
+with request ids, metrics, the sample's request shapes, bad inputs, concurrent requests, body limits and timeouts, and
+a schemathesis fuzz run against the app's own OpenAPI schema."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 from pathlib import Path
 
 import httpx
+
+from flant5_lib.config import Params
 import pytest
 from tests.helpers.serve import container_server, make_talkative_model, wait_until
 from flant5_lib.procs import free_port
@@ -34,6 +37,7 @@ def server(talk_model: Path, tmp_path_factory: pytest.TempPathFactory):
         "FLANT5_SERVE_MAX_BEAMS_LIMIT": "2",
         "FLANT5_SERVE_MAX_WAIT_MS": "30",
         "FLANT5_SERVE_MAX_BATCH_SIZE": "8",
+        "FLANT5_SERVE_BODY_TIMEOUT_S": "2",
     }
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
     with container_server(port, env, log) as proc:
@@ -44,7 +48,8 @@ def server(talk_model: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def _predict(base: str, body: object, **kw) -> httpx.Response:
     content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return httpx.post(base + PREDICT, content=content, headers={"content-type": "application/json"}, timeout=30, **kw)
+    headers = kw.pop("headers", {"content-type": "application/json"})
+    return httpx.post(base + PREDICT, content=content, headers=headers, timeout=30, **kw)
 
 
 DIALOGUES = [
@@ -57,19 +62,56 @@ DIALOGUES = [
 ]
 
 
-def test_contract_custom_routes_port_and_logs(server) -> None:
+def test_contract_custom_routes_port_and_logs(server, talk_model: Path) -> None:
     base, log = server
     health = httpx.get(base + HEALTH)
-    assert health.status_code == 200 and health.json()["status"] == "ready"
+    from flant5_lib.serve.hardware import resolve_backend
+
+    # the default `serve_backend: auto` serves with the engine chosen for this CPU (CTranslate2 when installed)
+    auto = resolve_backend(Params(), None).backend
+    assert health.status_code == 200 and health.json() == {"status": "ready", "backend": auto, "device": "cpu"}
+    assert httpx.head(base + HEALTH).status_code == 200
     assert httpx.get(base + "/health").status_code == 404  # the AIP_HEALTH_ROUTE replaced the default
     assert httpx.get(base + "/live").json() == {"status": "alive"}
-    r = _predict(base, {"instances": [DIALOGUES[0], {"dialogue": DIALOGUES[1]}], "parameters": {"max_new_tokens": 8}})
+    assert httpx.get(base + "/docs").status_code == 404  # serve_docs is off by default
+    wrong = httpx.get(base + PREDICT)
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST" and set(wrong.json()) == {"error"}
+    r = _predict(base, {"instances": [DIALOGUES[0], {"dialogue": DIALOGUES[1]}], "parameters": {"max_new_tokens": 8}},
+                 headers={"content-type": "application/json", "x-request-id": "req-42.a"})
     assert r.status_code == 200, r.text
+    assert r.headers["x-request-id"] == "req-42.a"
+    assert 0 < float(r.headers["server-timing"].removeprefix("app;dur=")) < 30_000
     body = r.json()
     assert len(body["predictions"]) == 2 and all(isinstance(p, str) and p for p in body["predictions"])
     assert body["truncated"] == []
-    text = log.read_text()
-    assert "loaded model" in text and "backend hf" in text and "device cpu" in text
+    generated = httpx.get(base + "/live").headers["x-request-id"]
+    assert len(generated) == 32 and generated != httpx.get(base + "/live").headers["x-request-id"]
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert lines and all(line["severity"] in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"} for line in lines)
+    assert any("loaded model" in line["message"] and f"backend {auto}" in line["message"] for line in lines)
+    assert any("serving backend" in line["message"] and line["logger"].endswith("hardware") for line in lines)  # why
+    assert any(line.get("request_id") == "req-42.a" and "POST predict 200" in line["message"] for line in lines)
+    assert str(talk_model) not in health.text
+
+
+def _sample(base: str, instances: list, parameters: dict) -> list:
+    r = _predict(base, {"instances": instances, "parameters": parameters})
+    assert r.status_code == 200, r.text
+    return r.json()["predictions"]
+
+
+def test_the_vertex_sample_request_shapes(server) -> None:
+    """`endpoint.predict([[d]])` (a list instance) gets a list back in place; the SDK's 8.0 means 8; min > max clamps."""
+    base, _ = server
+    eight = {"max_new_tokens": 8}
+    single = {d: _sample(base, [d], eight)[0] for d in DIALOGUES[:3]}
+    assert len(set(single.values())) == 3
+    got = _sample(base, [[DIALOGUES[0], DIALOGUES[1]], DIALOGUES[2], [DIALOGUES[2]]], eight)
+    assert got == [[single[DIALOGUES[0]], single[DIALOGUES[1]]], single[DIALOGUES[2]], [single[DIALOGUES[2]]]]
+    assert _sample(base, [DIALOGUES[1]], {"max_new_tokens": 8.0, "num_beams": 1.0}) == [single[DIALOGUES[1]]]
+    clamped = _sample(base, [DIALOGUES[0]], {"max_new_tokens": 4, "min_new_tokens": 10})
+    assert clamped == _sample(base, [DIALOGUES[0]], {"max_new_tokens": 4, "min_new_tokens": 4})
+    assert single[DIALOGUES[0]].startswith(clamped[0]) and clamped[0] != single[DIALOGUES[0]]
 
 
 def test_string_and_object_instances_agree_and_parameters_apply(server) -> None:
@@ -97,7 +139,11 @@ BAD = [
     ("tokens over limit", {"instances": ["a: hi"], "parameters": {"max_new_tokens": 13}}, 422, "parameters.max_new_tokens"),
     ("tokens zero", {"instances": ["a: hi"], "parameters": {"max_new_tokens": 0}}, 422, "parameters.max_new_tokens"),
     ("string number", {"instances": ["a: hi"], "parameters": {"max_new_tokens": "5"}}, 422, "parameters.max_new_tokens"),
-    ("min over max", {"instances": ["a: hi"], "parameters": {"max_new_tokens": 4, "min_new_tokens": 6}}, 422, "min_new_tokens"),
+    ("non-integral float", {"instances": ["a: hi"], "parameters": {"num_beams": 1.5}}, 422, "parameters.num_beams"),
+    ("boolean number", {"instances": ["a: hi"], "parameters": {"max_new_tokens": True}}, 422, "parameters.max_new_tokens"),
+    ("empty list instance", {"instances": [[]]}, 422, "instances[0]"),
+    ("list of objects", {"instances": [[{"dialogue": "a: hi"}]]}, 422, "instances[0]"),
+    ("too many in lists", {"instances": [["a: b"] * 3, ["a: b"] * 2]}, 422, f"at most {MAX_INSTANCES}"),
     ("unknown top-level", {"instances": ["a: hi"], "extra": 1}, 422, "extra"),
 ]
 
@@ -139,16 +185,18 @@ def test_long_dialogue_is_truncated_like_training_and_reported(server) -> None:
 
 
 def test_concurrent_requests_answered_in_order(server) -> None:
-    base, log = server
-    params = {"max_new_tokens": 8}
+    """Two parameter groups in flight at once: every answer equals the same dialogue's answer alone, in its group."""
+    base, _ = server
+    groups = [{"max_new_tokens": 8}, {"max_new_tokens": 6, "num_beams": 2}]
     requests = [[DIALOGUES[i % 6], DIALOGUES[(i * 5 + 1) % 6]][: 1 + i % 2] for i in range(12)]
-    singles = {d: _predict(base, {"instances": [d], "parameters": params}).json()["predictions"][0] for d in DIALOGUES}
-    assert len(set(singles.values())) >= 3  # the outputs differ per dialogue, so a mix-up would show
+    singles = [{d: _sample(base, [d], g)[0] for d in DIALOGUES} for g in groups]
+    for alone in singles:
+        assert len(set(alone.values())) >= 3  # the outputs differ per dialogue, so a mix-up would show
+    assert singles[0] != singles[1]  # and per group, so a batch mixing the groups would show
 
     async def fire() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60) as client:
-            other = {"max_new_tokens": 6}  # a second parameter group must not share a batch with the first
-            calls = [client.post(base + PREDICT, json={"instances": inst, "parameters": params if i % 3 else other})
+            calls = [client.post(base + PREDICT, json={"instances": inst, "parameters": groups[i % 3 == 0]})
                      for i, inst in enumerate(requests)]
             calls.append(client.get(base + HEALTH))
             return await asyncio.gather(*calls)
@@ -157,11 +205,57 @@ def test_concurrent_requests_answered_in_order(server) -> None:
     assert health.status_code == 200
     for i, (inst, r) in enumerate(zip(requests, answers)):
         assert r.status_code == 200, r.text
-        got = r.json()["predictions"]
-        if i % 3:
-            assert got == [singles[d] for d in inst]
-        else:
-            assert all(singles[d].startswith(g) for d, g in zip(inst, got)) and len(got) == len(inst)
+        assert r.json()["predictions"] == [singles[i % 3 == 0][d] for d in inst], i
+
+
+def _metric_values(base: str) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(httpx.get(base + "/metrics").text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_metrics_count_what_happened(server) -> None:
+    base, _ = server
+    before = _metric_values(base)
+    for d in DIALOGUES[:3]:
+        assert _predict(base, {"instances": [d, d], "parameters": {"max_new_tokens": 5}}).status_code == 200
+    assert _predict(base, {"instances": []}).status_code == 422
+    after = _metric_values(base)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("flant5_requests_total", route="predict", status="200") == 3
+    assert delta("flant5_requests_total", route="predict", status="422") == 1
+    assert delta("flant5_request_duration_seconds_count", route="predict") == 4
+    assert delta("flant5_batch_size_sum") == 6  # six dialogues went through generate
+    assert 0 < delta("flant5_generated_tokens_total") <= 6 * 5
+    assert after[("flant5_queue_dialogues", ())] == 0 and after[("flant5_model_ready", ())] == 1
+    assert after[("flant5_queue_cost_limit", ())] > 0  # measured from the batches
+
+
+def test_a_body_that_never_arrives_gets_408(server) -> None:
+    """Content-Length says 100, 10 bytes come: the server answers 408 after serve_body_timeout_s and closes."""
+    import socket
+    import time
+
+    base, _ = server
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 100\r\n\r\n{\"instances".encode())
+        started, data = time.monotonic(), b""
+        while chunk := sock.recv(4096):
+            data += chunk
+        elapsed = time.monotonic() - started
+    assert data.startswith(b"HTTP/1.1 408"), data[:200]
+    assert b"not received within 2 s" in data and 1.5 < elapsed < 8
+    assert httpx.get(base + HEALTH).status_code == 200
 
 
 def test_schemathesis_fuzz_finds_no_server_error(server) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 
@@ -75,3 +76,35 @@ def test_timed_out_items_are_dropped_and_errors_reach_the_caller() -> None:
     n_batches, message = asyncio.run(scenario())
     assert n_batches == 1  # the timed-out item never reached the model
     assert message == "ZeroDivisionError"
+
+
+def test_admission_bounds_dialogues_and_cost_and_says_when_to_retry() -> None:
+    from flant5_lib.serve.batching import Admission, work_cost
+
+    kw = {"max_new_tokens": 10, "num_beams": 2}
+    assert work_cost(3, kw) == 60
+    fixed = Admission(max_dialogues=4, max_cost=100, budget_s=10)
+    assert fixed.admit(8, 300) is None  # a lone request is admitted over both limits (up to 3 x the cost budget)
+    assert fixed.admit(1, 1).reason == "queue_dialogues"
+    fixed.release(8, 300)
+    assert fixed.admit(2, 60) is None and fixed.admit(2, 60).reason == "queue_cost"  # 120 > 100
+    assert fixed.admit(2, 40) is None and (fixed.dialogues, fixed.cost) == (4, 100)
+    fixed.release(2, 40)
+    fixed.release(2, 60)
+    assert (fixed.dialogues, fixed.cost) == (0, 0)
+
+    batch = Admission(max_dialogues=8, max_cost=10, budget_s=10, free_dialogues=4)
+    assert batch.admit(2, 20) is None and batch.admit(2, 20) is None  # one micro-batch's worth always fits
+    assert batch.admit(1, 1).reason == "queue_cost"
+
+    auto = Admission(max_dialogues=100, budget_s=10)
+    auto.observe(cost=200, seconds=2.0)  # 100 decoder steps per second
+    assert auto.max_cost == 1000  # what finishes in budget_s
+    auto.observe(cost=400, seconds=2.0)
+    assert 1000 < auto.max_cost < 2000  # smoothed towards 200 steps/s
+    assert auto.admit(1, 900) is None
+    refused = auto.admit(1, 900)
+    assert refused is not None and refused.reason == "queue_cost"
+    assert refused.retry_after_s == math.ceil(900 / auto.rate)  # when the queued work should be done
+    auto.release(1, 900)
+    assert auto.admit(1, 3 * auto.max_cost + 1).reason == "too_costly"  # even alone: it could only end in a 504

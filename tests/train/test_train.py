@@ -21,6 +21,7 @@ def _logged_losses(log_history: list[dict]) -> list[float]:
     return [e["loss"] for e in log_history if "loss" in e]
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_beats_untrained_rouge(tmp_path: Path, tiny_model_dir: Path) -> None:
     from flant5_lib.data import load_from_params
     from flant5_lib.inference import generate_summaries
@@ -29,7 +30,8 @@ def test_training_lowers_loss_and_beats_untrained_rouge(tmp_path: Path, tiny_mod
 
     # 320 training dialogues x 3 epochs at lr 3e-3: ~120 steps, about 10 s on 2 idle cores.
     params = small_params(tmp_path / "run", tiny_model_dir, dataset="synthetic:400", num_train_epochs=3,
-                          logging_steps=10, save_steps=1000, eval_strategy="epoch", max_eval_samples=40, max_new_tokens=48)
+                          logging_steps=10, save_steps=1000, eval_strategy="epoch", max_eval_samples=40, max_new_tokens=48,
+                          eval_rouge_samples=0, metric_for_best_model="eval_loss")  # ROUGE: test_train_selection
     result = train(params)
 
     losses = _logged_losses(result.log_history)
@@ -37,7 +39,7 @@ def test_training_lowers_loss_and_beats_untrained_rouge(tmp_path: Path, tiny_mod
     out = result.model_dir
     assert out == (tmp_path / "run" / "model").resolve()
     for name in ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json", "flant5_params.yaml",
-                 "train_metrics.json", "log_history.json", "loss_curve.png"):
+                 "train_metrics.json", "log_history.json", "eval_history.json", "loss_curve.png"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "train_metrics.json").read_text())
     assert metrics["global_step"] == 120 and metrics["eval_loss"] < losses[0]
@@ -54,7 +56,7 @@ def test_training_lowers_loss_and_beats_untrained_rouge(tmp_path: Path, tiny_mod
 
 
 def test_resume_continues_from_newest_complete_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:
-    first = train(small_params(tmp_path / "run", tiny_model_dir, max_steps=10))
+    first = train(small_params(tmp_path / "run", tiny_model_dir, max_steps=10, logging_steps=1))
     assert first.metrics["global_step"] == 10
     ckpts = tmp_path / "run" / "checkpoints"
     assert [s for s, _ in train_ckpt.list_checkpoints(ckpts)] == [5, 10]
@@ -67,11 +69,15 @@ def test_resume_continues_from_newest_complete_checkpoint(tmp_path: Path, tiny_m
     shutil.copytree(ckpts / "checkpoint-10", truncated)
     (truncated / "model.safetensors").write_bytes(b"cut")
 
-    second = train(small_params(tmp_path / "run", tiny_model_dir, max_steps=15))
+    second = train(small_params(tmp_path / "run", tiny_model_dir, max_steps=15, logging_steps=1))
     assert second.metrics["resumed_from"] == str(ckpts / "checkpoint-10")
     assert second.metrics["global_step"] == 15
     steps = [e["step"] for e in second.log_history if "loss" in e]
-    assert steps[0] <= 10 < steps[-1] == 14  # history carried over, then continued
+    assert steps == list(range(1, 16))  # history carried over, then continued
+    # train_loss covers the whole run (every step's loss is logged here), not only the 5 steps after the resume.
+    whole = sum(e["loss"] for e in second.log_history if "loss" in e) / 15
+    assert second.metrics["train_loss"] == pytest.approx(whole, rel=1e-3)
+    assert second.metrics["train_loss_this_session"] != pytest.approx(whole, rel=1e-2)
     assert not broken.exists() and not truncated.exists()
     assert [s for s, _ in train_ckpt.list_checkpoints(ckpts)] == [10, 15]  # save_total_limit=2
     assert all(train_ckpt.is_complete(f) for _, f in train_ckpt.list_checkpoints(ckpts))

@@ -1,4 +1,5 @@
-"""torchrun: 2 CPU processes on gloo (2 x 4 dialogues) follow the same loss trajectory as 1 process x 8."""
+"""torchrun: 2 CPU processes on gloo (2 x 4 dialogues) and 1 process accumulating 2 x 4 follow the same loss
+trajectory as 1 process x 8, label smoothing included."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def test_length_grouped_order_depends_on_seed_and_epoch_only() -> None:
 def test_two_gloo_processes_match_one_process(tmp_path: Path, tiny_model_dir: Path) -> None:
     # Both runs read the same model folder (the tiny tokenizer is trained, so rebuilding it could differ).
     params = small_params(tmp_path / "unused", tiny_model_dir, dataset="synthetic:200", max_steps=12, logging_steps=1,
-                          save_steps=100)
+                          save_steps=100, label_smoothing=0.1)
     pfile = write_params(tmp_path / "p.yaml", params)
     env = child_env()
     two = subprocess.run(
@@ -49,6 +50,12 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path, tiny_model_dir: Pa
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
     )
     assert one.returncode == 0, one.stderr[-3000:]
+    accum = subprocess.run(
+        [sys.executable, "-m", "flant5_lib.train", "--params", str(pfile), "--set", f"run_dir={tmp_path / 'accum'}",
+         "--set", "per_device_train_batch_size=4", "--set", "gradient_accumulation_steps=2"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert accum.returncode == 0, accum.stderr[-3000:]
 
     def losses(run: str) -> list[float]:
         hist = json.loads((tmp_path / run / "model" / "log_history.json").read_text())
@@ -59,8 +66,10 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path, tiny_model_dir: Pa
 
     assert metrics("two")["world_size"] == 2 and metrics("one")["world_size"] == 1
     assert metrics("two")["real_tokens"] == metrics("one")["real_tokens"]  # the very same dialogues were seen
-    l1, l2 = losses("one"), losses("two")
-    assert len(l1) == len(l2) == 12
-    assert l1[-1] < l1[0] / 2
-    for a, b in zip(l1, l2):
+    assert metrics("accum")["real_tokens"] == metrics("one")["real_tokens"] and metrics("one")["label_smoothing"] == 0.1
+    l1, l2, la = losses("one"), losses("two"), losses("accum")
+    assert len(l1) == len(l2) == len(la) == 12
+    assert l1[-1] < 0.7 * l1[0]  # learning (smoothing keeps a floor under the loss)
+    for a, b, c in zip(l1, l2, la):
         assert b == pytest.approx(a, rel=2e-3), (l1, l2)
+        assert c == pytest.approx(a, rel=2e-3), (l1, la)

@@ -17,6 +17,7 @@ from tests.helpers.train import small_params, start_training, wait_for, write_pa
 pytestmark = pytest.mark.timeout(300)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path: Path, tiny_model_dir: Path) -> None:
     run = tmp_path / "run"
     # 300 steps and no periodic save before step 1000: only the SIGTERM handler can write a checkpoint.
@@ -116,3 +117,28 @@ def test_incomplete_remote_checkpoint_is_not_downloaded(tmp_path: Path, gcs_emul
     assert got == tmp_path / "local" / "checkpoint-4" and train_ckpt.is_complete(got)
     assert not (tmp_path / "local" / "checkpoint-8").exists()
     assert os.path.getsize(got / "model.safetensors") == 100
+
+
+def test_best_checkpoint_is_fetched_from_the_mirror_on_a_fresh_vm(tmp_path: Path, gcs_emulator: str) -> None:
+    """A resumed run on a new VM holds only the newest checkpoint locally; the best one comes from gs://."""
+    from flant5_lib import storage
+
+    uri = f"gs://best-{uuid.uuid4().hex[:8]}/c"
+    storage.ensure_bucket(uri)
+    src = tmp_path / "vm1"
+    for step in (4, 8):
+        folder = src / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(bytes([step]) * 64)
+        train_ckpt.write_marker(folder, step, {"d_model": 8})
+    train_ckpt.upload_checkpoint(src / "checkpoint-4", uri, {"checkpoint-4", "checkpoint-8"})
+    storage.upload_file(src / "checkpoint-8" / "model.safetensors", f"{uri}/checkpoint-8/model.safetensors")  # no marker
+
+    local = tmp_path / "vm2"
+    local.mkdir()
+    got = train_ckpt.fetch(local, 4, uri)
+    assert got == local / "checkpoint-4" and train_ckpt.is_complete(got)
+    assert (got / "model.safetensors").read_bytes() == bytes([4]) * 64
+    assert train_ckpt.fetch(local, 4, None) == got  # already local: no mirror needed
+    assert train_ckpt.fetch(local, 8, uri) is None  # an incomplete upload is never used
+    assert train_ckpt.fetch(local, 12, None) is None

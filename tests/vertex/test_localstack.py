@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from flant5_lib import storage
+from flant5_lib.vertex import images
 from flant5_lib.vertex import specs as vertex
 from flant5_lib.vertex import jobs as vertex_jobs
 from flant5_lib.cli import main
@@ -63,6 +65,7 @@ def _ok(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[dict, str]:
     return json.loads(out), err
 
 
+@pytest.mark.slow
 def test_failing_training_job_raises_the_sdks_error(stack: LocalStack) -> None:
     stack.clear_requests()
     params = load_params(None, {**stack.params_overrides(), **QUICK_TRAIN, "dataset": "synthetic:3",
@@ -78,12 +81,13 @@ def test_failing_training_job_raises_the_sdks_error(stack: LocalStack) -> None:
     assert all(int(p["machine_spec"]["accelerator_count"]) == 2 for p in pools)
     spec = pools[0]["containerSpec"]
     assert spec["imageUri"] == "registry.local/flant5-train:1"
-    assert spec["command"] == ["python", "-m", "flant5_lib.vertex.task"]
+    assert "command" not in spec  # the image's ENTRYPOINT (training/Dockerfile) ran the task, as on Vertex
     assert spec["args"][spec["args"].index("--nnodes") + 1] == "2"
     assert "flant5/params/bad-job.yaml" in storage.list_blobs(stack.bucket)  # the job read its params from there
     assert _ints(req["body"]) == _ints(vertex.training_request(params)["body"])  # --dry-run shows exactly this
 
 
+@pytest.mark.slow
 def test_deploying_a_model_that_cannot_load_raises_the_sdks_error(stack: LocalStack) -> None:
     from google.api_core import exceptions as gexc
 
@@ -94,8 +98,10 @@ def test_deploying_a_model_that_cannot_load_raises_the_sdks_error(stack: LocalSt
     stack.clear_requests()
     stack.backend.sync_wait_s = 0  # answer with a pending operation: the SDK must poll it and raise its error
     try:
-        with pytest.raises(gexc.FailedPrecondition, match="no files found"):
+        with pytest.raises(gexc.FailedPrecondition, match="Model server (failed to start|stopped)") as err:
             vertex_jobs.deploy_model(p, model)
+        log_path = re.search(r"log: (\S+?)\)", str(err.value)).group(1)
+        assert "no files found" in Path(log_path).read_text()  # the server's log says why
     finally:
         stack.backend.sync_wait_s = 30.0
     assert stack.requests("/ui/projects/local-project/locations/us-central1/operations/", method="GET")
@@ -104,6 +110,7 @@ def test_deploying_a_model_that_cannot_load_raises_the_sdks_error(stack: LocalSt
     assert vertex_jobs.cleanup(p) == {"endpoints": [endpoint.resource_name], "models": [model.resource_name]}
 
 
+@pytest.mark.slow
 def test_local_stack_command_dry_runs_send_nothing_and_api_errors_are_one_line(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -129,8 +136,9 @@ def test_local_stack_command_dry_runs_send_nothing_and_api_errors_are_one_line(t
         assert httpx.get(f"{api}/_local/requests").json() == []  # ...and none was sent
         r = subprocess.run([*flant5, "upload", "--local-stack", str(state), "--set", "gcp_project=someone-else"],
                            env=env, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 2 and r.stderr.count("\n") == 1
-        assert "Forbidden" in r.stderr and "gcp_project" in r.stderr  # REST maps 403 to Forbidden
+        (line,) = [x for x in r.stderr.splitlines() if x.startswith("flant5 vertex")]  # one line, no traceback
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert "Forbidden" in line and "gcp_project" in line  # REST maps 403 to Forbidden
         assert len(httpx.get(f"{api}/_local/requests").json()) == 1
     finally:
         proc.send_signal(signal.SIGINT)
@@ -158,7 +166,7 @@ def test_train_upload_deploy_predict_batch_cleanup(stack: LocalStack, state_file
     (pool,) = inputs["worker_pool_specs"]
     assert pool["machine_spec"]["machine_type"] == p.train_machine_type
     assert pool["machine_spec"]["accelerator_type"] == p.train_accelerator_type
-    assert pool["python_package_spec"]["executor_image_uri"] == p.train_container_uri
+    assert pool["containerSpec"]["imageUri"] == images.train_image(p)  # the project's image, its ENTRYPOINT ran
     assert inputs["service_account"] == p.service_account and inputs["tensorboard"] == p.tensorboard_resource
     out_dir = inputs["base_output_directory"]["output_uri_prefix"]
     assert out_dir == trained["output_dir"] == f"{p.staging_bucket}/runs/{p.train_display_name}"
@@ -169,12 +177,10 @@ def test_train_upload_deploy_predict_batch_cleanup(stack: LocalStack, state_file
     assert any("model.safetensors" in n for n in storage.list_blobs(f"{out_dir}/model"))
     assert storage.list_blobs(f"{out_dir}/checkpoints") and storage.list_blobs(f"{out_dir}/logs")
     assert trained["model"]
-    # the SDK uploaded its script package to the staging bucket; we uploaded params and the project archive
+    # the image already holds the project: only the params were staged, no source archive
     staged = storage.list_blobs(stack.bucket)
-    assert any(n.endswith(".tar.gz") and "aiplatform_custom_trainer_script" in n for n in staged)
-    args = pool["python_package_spec"]["args"]
-    package = args[args.index("--project-package") + 1]
-    assert package.removeprefix(f"{stack.bucket}/") in staged and "flant5_lib-" in package
+    assert "--project-package" not in pool["containerSpec"]["args"]
+    assert f"flant5/params/{p.train_display_name}.yaml" in staged and not any("packages/" in n for n in staged)
 
     uploaded, _ = _ok(capsys, "upload", *common)
     (up,) = stack.requests("models:upload")
@@ -214,18 +220,22 @@ def test_train_upload_deploy_predict_batch_cleanup(stack: LocalStack, state_file
     local = tmp_path / "serving" / "model"
     _ok(capsys, "artifacts", "download", *common, "--local", str(local))
     assert (local / "config.json").is_file()
-    # the endpoint served this very model: the same dialogue summarised here gives the same text
+    _ok(capsys, "artifacts", "upload", *common, "--local", str(local), "--uri", f"{stack.bucket}/copies/model")
+    assert sorted(storage.list_blobs(f"{stack.bucket}/copies/model")) == sorted(storage.list_blobs(f"{out_dir}/model"))
+    # the endpoint served this very model: the same dialogue summarised here, with the same engine (serve_backend's
+    # default) and the model's own preprocessing and generation settings, gives the same text
+    from flant5_lib.inference import summarize_batches
     from flant5_lib.preprocess import load_preprocessing
-    from flant5_lib.inference import generate_summaries
-    from flant5_lib.modeling import load_model_and_tokenizer
+    from flant5_lib.serve.backends import load_backend
 
     one = "Amy: Is the car fixed?\nBen: Tomorrow, they said."
     endpoint = vertex_jobs.get_endpoint(p)
     (served,) = vertex_jobs.predict(p, endpoint, [one])
-    model, tok = load_model_and_tokenizer(str(local), device="cpu")
-    assert generate_summaries(model, tok, [one], load_preprocessing(local, load_params()), progress=False) == [served]
-    _ok(capsys, "artifacts", "upload", *common, "--local", str(local), "--uri", f"{stack.bucket}/copies/model")
-    assert sorted(storage.list_blobs(f"{stack.bucket}/copies/model")) == sorted(storage.list_blobs(f"{out_dir}/model"))
+    here = load_preprocessing(local, load_params())
+    engine = load_backend(local, here, device="cpu")
+    texts, _ = summarize_batches(lambda ids, kw: (engine.generate(ids, kw), [False] * len(ids)), engine.tokenizer, [one],
+                                 here, progress=False)
+    assert texts == [served]
 
     cleaned, _ = _ok(capsys, "cleanup", *common)
     assert len(cleaned["endpoints"]) == 1 and len(cleaned["models"]) == 2

@@ -20,7 +20,7 @@ from flant5_lib.errors import CloudError
 from flant5_lib.vertex.presets import PRESETS, check_machine
 
 from tests.helpers import REPO
-SHIPPED = sorted(p for p in (REPO / "params").glob("*.yaml") if p.name != "prices.yaml")
+SHIPPED = sorted(p for p in (REPO / "params").glob("*.yaml") if p.name != "prices.yaml")  # tables/ is not globbed
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -36,28 +36,32 @@ def _dry(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
 
 
 CLOUD = ["--set", "vertex_mode=cloud", "--set", "gcp_project=proj-x", "--set", "staging_bucket=gs://bkt/pre",
-         "--set", "service_account=sa@proj-x.iam.gserviceaccount.com", "--set", "serving_container_uri=reg/serve:1",
-         "--set", "train_container_uri=reg/train:2", "--set", "tensorboard_resource=projects/1/locations/r/tensorboards/9"]
+         "--set", "service_account=sa@proj-x.iam.gserviceaccount.com", "--set", "serving_container_uri=reg/flant5-serve:1",
+         "--set", "train_container_uri=reg/flant5-train:2",
+         "--set", "tensorboard_resource=projects/1/locations/us-central1/tensorboards/9"]
 
 
 def test_dry_run_train_carries_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
-    req = _dry(capsys, "train", *CLOUD, "--set", "train_spot=true")
+    req = _dry(capsys, "train", *CLOUD, "--set", "train_spot=true", "--set", "train_job_kind=script")
     assert req["url"].endswith("/v1/projects/proj-x/locations/us-central1/trainingPipelines")
     inputs = req["body"]["trainingTaskInputs"]
     (pool,) = inputs["worker_pool_specs"]
     assert pool["machine_spec"] == {"machine_type": "a2-highgpu-1g", "accelerator_type": "NVIDIA_TESLA_A100",
                                     "accelerator_count": 1}
     spec = pool["python_package_spec"]
-    assert spec["executor_image_uri"] == "reg/train:2"
+    assert spec["executor_image_uri"] == "reg/flant5-train:2"
     assert spec["args"][:2] == ["--params", "gs://bkt/pre/flant5/params/flan-t5-samsum-train.yaml"]
     assert spec["args"][spec["args"].index("--project-package") + 1] == req["uploads_first"]["project_package"]
     assert inputs["base_output_directory"] == {"output_uri_prefix": "gs://bkt/pre/runs/flan-t5-samsum-train"}
     assert inputs["service_account"] == "sa@proj-x.iam.gserviceaccount.com"
-    assert inputs["tensorboard"] == "projects/1/locations/r/tensorboards/9"
+    assert inputs["tensorboard"] == "projects/1/locations/us-central1/tensorboards/9"
     assert inputs["scheduling"] == {"strategy": "SPOT"}
     assert req["body"]["modelToUpload"]["containerSpec"] == {
-        "imageUri": "reg/serve:1", "ports": [{"containerPort": 8080}], "predictRoute": "/predict", "healthRoute": "/health"}
-    assert not any(r.startswith("torch") for r in req["uploads_first"]["requirements"])  # the image brings CUDA torch
+        "imageUri": "reg/flant5-serve:1", "ports": [{"containerPort": 8080}], "predictRoute": "/predict", "healthRoute": "/health"}
+    # the job's requirements carry the project's exact torch (transformers 5 needs >= 2.6), not the image's
+    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line)
+    assert f"torch=={pins['torch']}" in req["uploads_first"]["requirements"]
+    assert f"transformers=={pins['transformers']}" in req["uploads_first"]["requirements"]
     assert req["estimate"]["usd"] > 0 and "prices_read_on" in req["estimate"]
 
 
@@ -78,7 +82,7 @@ def test_every_dry_run_works_with_shipped_params(capsys: pytest.CaptureFixture[s
 
 
 def test_presets_multi_gpu_multi_replica_and_container_kind(capsys: pytest.CaptureFixture[str]) -> None:
-    req = _dry(capsys, "train", *CLOUD, "--set", "train_preset=a100-40gb-2x2")
+    req = _dry(capsys, "train", *CLOUD, "--set", "train_preset=a100-40gb-2x2", "--set", "train_job_kind=script")
     pools = req["body"]["trainingTaskInputs"]["worker_pool_specs"]
     assert [p["replica_count"] for p in pools] == [1, 1]  # chief + one worker = 2 replicas
     assert all(p["machine_spec"]["machine_type"] == "a2-highgpu-2g" and p["machine_spec"]["accelerator_count"] == 2
@@ -86,12 +90,12 @@ def test_presets_multi_gpu_multi_replica_and_container_kind(capsys: pytest.Captu
     args = pools[0]["python_package_spec"]["args"]
     assert args[args.index("--nproc-per-node") + 1] == "2" and args[args.index("--nnodes") + 1] == "2"
 
-    req = _dry(capsys, "train", *CLOUD, "--set", "train_preset=a100-80gb", "--set", "train_job_kind=container")
+    req = _dry(capsys, "train", *CLOUD, "--set", "train_preset=a100-80gb")  # container is the default kind
     (pool,) = req["body"]["trainingTaskInputs"]["worker_pool_specs"]
     assert pool["machine_spec"]["machine_type"] == "a2-ultragpu-1g"
     assert pool["machine_spec"]["accelerator_type"] == "NVIDIA_A100_80GB"
-    assert pool["containerSpec"]["command"] == ["python", "-m", "flant5_lib.vertex.task"]
-    assert pool["containerSpec"]["imageUri"] == "reg/train:2"
+    assert "command" not in pool["containerSpec"]  # the image's ENTRYPOINT runs the task
+    assert pool["containerSpec"]["imageUri"] == "reg/flant5-train:2"
     assert "project_package" not in req["uploads_first"]  # the custom image already has the project
     for name, p in PRESETS.items():  # every preset passes its own machine check
         check_machine(p.machine_type, p.accelerator_type, p.accelerator_count)
@@ -112,8 +116,6 @@ def test_presets_multi_gpu_multi_replica_and_container_kind(capsys: pytest.Captu
           "deploy_accelerator_type=NVIDIA_TESLA_T4", "--set", "deploy_accelerator_count=3"], "deploy_accelerator_count"),
         (["batch", "--dry-run", "--input", "gs://b/i", "--output", "gs://b/o", "--set",
           "batch_machine_type=a2-highgpu-1g"], "batch_machine_type"),
-        (["upload", "--set", "vertex_mode=cloud", "--set", "gcp_project=p", "--set", "staging_bucket=gs://b"],
-         "serving_container_uri"),
         (["predict", "--local-stack", "/nonexistent/state.json", "--dialogue", "x"], "state"),
     ],
 )
@@ -205,3 +207,11 @@ def test_api_errors_become_one_line_with_what_to_check() -> None:
     for err, hint in cases.items():
         msg = str(vertex.explain_api_error(err, "vertex train"))
         assert "\n" not in msg and hint in msg and msg.startswith("vertex train: ")
+
+
+def test_a_real_launch_runs_preflight_before_any_request(capsys: pytest.CaptureFixture[str]) -> None:
+    # no stand-in and no network: had preflight not stopped it, the SDK would fail on credentials instead
+    code, out, err = _run(capsys, "train", "--set", "vertex_mode=cloud", "--set", "gcp_project=p", "--set",
+                          "staging_bucket=gs://b", "--set", "tensorboard_resource=projects/p/locations/us-central1/tensorboards/1")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.splitlines()[0].endswith("preflight found 1 problem(s):") and "service_account" in err.splitlines()[1]

@@ -14,7 +14,7 @@ import pytest
 from tests.helpers import REPO
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 EXPECTED = ["00_explore_samsum", "01_finetune_local", "02_vertex_training", "03_evaluate", "04_deploy", "05_online_predict"]
-PARAM_LINE = re.compile(r"^[a-z_][a-z0-9_]*: (str|int|float|bool) = \S.*  # \S.*$")
+PARAM_LINE = re.compile(r'^[a-z_][a-z0-9_]*: (str|int|float|bool|"Optional\[(str|int|float|bool)\]") = \S.*  # \S.*$')
 
 
 def read(path: Path) -> nbformat.NotebookNode:
@@ -35,11 +35,11 @@ def test_notebook_conventions(path):
     tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one parameters cell"
     i = tagged[0]
-    lines = [ln for ln in cells[i].source.splitlines() if ln.strip()]
+    lines = [ln for ln in cells[i].source.splitlines() if ln.strip() and not ln.startswith("# ")]
     bad = [ln for ln in lines if not PARAM_LINE.match(ln)]
     assert bad == [], f"not `name: type = default  # help`: {bad}"
     assert any(ln.startswith("run_dir: str = ") for ln in lines)
-    assert cells[i + 1].source.startswith("params = params_from_namespace(globals())")
+    assert cells[i + 1].source.startswith("params = notebook_params(globals())"), "validate what papermill injected first"
     assert all(c.cell_type == "markdown" or "import" in c.source for c in cells[1:i]), "only imports before parameters"
 
 
@@ -50,9 +50,11 @@ def test_no_committed_outputs_or_hidden_logic(path):
         if c.cell_type == "code":
             assert c.outputs == [] and c.execution_count is None
             assert "%%writefile" not in c.source and "!pip" not in c.source
-            assert len(c.source.splitlines()) <= 15, "cells stay short: move logic into flant5_lib"
+            if "parameters" not in c.metadata.get("tags", []):  # declarations, one per line, are not logic
+                assert len(c.source.splitlines()) <= 15, "cells stay short: move logic into flant5_lib"
             assert not re.search(r"^\s*def |^\s*class ", c.source, re.M), "functions belong in flant5_lib"
-    assert nb.metadata.kernelspec.language == "python"
+    # The project's kernel (JupyterLab falls back to the one Python kernel by `language` where it is not registered).
+    assert nb.metadata.kernelspec == {"name": "flant5", "display_name": "Python (flant5)", "language": "python"}
 
 
 def test_vertex_notebooks_stop_what_they_start():

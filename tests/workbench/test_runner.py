@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -95,7 +96,8 @@ def test_cloud_placeholders_stop_before_anything_runs(tmp_path, capsys):
 def test_only_selects_by_number_or_name(tmp_path):
     nbs = [Path(f"{n}.ipynb") for n in ("00_a", "01_b", "03_c")]
     assert [p.stem for p in select_notebooks(nbs, ["3", "00_a"])] == ["00_a", "03_c"]
-    plan = plan_run(None, {"dataset": "synthetic:100"}, out=str(tmp_path / "r"), only=["00"], notebooks_dir=NOTEBOOKS_DIR)
+    plan = plan_run(None, {"dataset": "synthetic:100", "model_name": "tiny"}, out=str(tmp_path / "r"), only=["00"],
+                    notebooks_dir=NOTEBOOKS_DIR)
     assert [p.name for p in plan.notebooks] == ["00_explore_samsum.ipynb"] and plan.run_dir == (tmp_path / "r").resolve()
 
 
@@ -124,6 +126,7 @@ def test_user_error_inside_a_notebook_exits_2(tmp_path, nb_dir, capsys):
     assert rc == 2 and "DataError: data.csv: row 3 has no dialogue" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_explore_and_evaluate_write_the_index_page(tmp_path, tiny_model_dir, capsys):
     """The real notebooks 00 and 03 on a tiny model: metrics.json and index.html with the ROUGE table."""
     out = tmp_path / "run"
@@ -248,9 +251,9 @@ def test_trained_model_dir_names_the_notebooks_to_run(tmp_path, tiny_model_dir):
 def test_set_reaches_notebook_only_parameters_with_their_type(tmp_path, capsys):
     from flant5_lib.workbench.runner import notebook_inputs
 
-    plan = plan_run(None, {"n_examples": 5, "dataset": "synthetic:100"}, out=str(tmp_path / "r"), only=["00", "03"],
-                    notebooks_dir=NOTEBOOKS_DIR)
-    for nb in plan.notebooks:  # both declare n_examples; a Params field and a notebook knob travel together
+    plan = plan_run(None, {"n_examples": 5, "dataset": "synthetic:100", "model_name": "tiny"}, out=str(tmp_path / "r"),
+                    only=["00", "01", "03"], notebooks_dir=NOTEBOOKS_DIR)
+    for nb in plan.notebooks:  # all declare n_examples; a Params field and a notebook knob travel together
         inputs = notebook_inputs(plan, nb)
         assert inputs["n_examples"] == 5 and inputs["dataset"] == "synthetic:100"
     rc = main(["run", "--params", str(REPO / "params" / "local-smoke.yaml"), "--only", "00", "--out", str(tmp_path / "x"),
@@ -261,3 +264,20 @@ def test_set_reaches_notebook_only_parameters_with_their_type(tmp_path, capsys):
                "--set", "n_exmaples=2"])
     assert rc == 2 and "n_exmaples: unknown key" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_live_progress_shows_the_cell_and_elapsed_time_and_plain_lines_otherwise(tmp_path, nb_dir, capsys):
+    from flant5_lib.workbench.runner import plan_run, run_plan
+
+    plan = plan_run(str(smoke_file(tmp_path)), {}, out=str(tmp_path / "live"), only=["00"], notebooks_dir=nb_dir)
+    lines: list[str] = []
+    run_plan(plan, echo=lines.append, live=True)
+    err = capsys.readouterr().err
+    # one updating line (tqdm's \r), with the cells counted (4 with papermill's injected one) and the elapsed time
+    assert re.search(r"\r\[1/1\] 00_marker\.ipynb: cell [0-4]/4, \d\d:\d\d elapsed", err) and "\n" not in err
+    assert lines == [lines[0]] and lines[0].startswith("[1/1] 00_marker.ipynb ok in ")
+    lines.clear()
+    run_plan(plan_run(str(smoke_file(tmp_path)), {}, out=str(tmp_path / "plain"), only=["00"], notebooks_dir=nb_dir),
+             echo=lines.append, live=False)
+    assert "cell" not in capsys.readouterr().err
+    assert lines[0] == "[1/1] 00_marker.ipynb ..." and lines[1].startswith("[1/1] 00_marker.ipynb ok in ")

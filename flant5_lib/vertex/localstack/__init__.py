@@ -1,11 +1,13 @@
 """Offline stand-ins for Google Cloud: a GCS emulator and a local Vertex AI API, both on 127.0.0.1.
 
     with start_local_stack("runs/localstack") as stack:
-        params = load_params("params/vertex.yaml", stack.params_overrides())
+        params = load_params("params/vertex-a100.yaml", stack.params_overrides())
         ...  # the real Vertex SDK and storage client now talk to the stand-ins
 
-The stand-in does the work for real: training pipelines run the project's training entry point,
-deployments start the project's prediction server, and `:predict` is forwarded to it.
+The stand-in does the work for real: training jobs run the command the project's image would run (its ENTRYPOINT,
+read from training/Dockerfile), deployments start the project's prediction server, and `:predict` is forwarded to
+it. It refuses what Vertex refuses (`checks`: machines, GPUs per region, TensorBoard, images it cannot emulate) and
+honours list filters and ordering (`listing`); the README's table says what it cannot do.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from flant5_lib.procs import free_port
+from flant5_lib.vertex.images import SERVE_IMAGE
 from flant5_lib.vertex.localstack.emulator import GcsEmulator, start_gcs_emulator
 
 log = logging.getLogger(__name__)
@@ -28,8 +31,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PROJECT = "local-project"
 DEFAULT_REGION = "us-central1"
 DEFAULT_BUCKET = "gs://flant5-local"
-DEFAULT_SERVING_IMAGE = "local/flant5-serving:latest"  # never pulled: the stand-in runs the server as a subprocess
-DEFAULT_TENSORBOARD = "tensorboards/local"
+DEFAULT_TENSORBOARD = "tensorboards/local"  # the one TensorBoard the stand-in knows (others: 404 as on Vertex)
 
 
 @dataclass
@@ -61,10 +63,16 @@ class LocalStack:
             "gcp_project": self.project,
             "gcp_region": self.region,
             "staging_bucket": self.bucket,
-            "serving_container_uri": DEFAULT_SERVING_IMAGE,
+            # the project's images in this project's registry: never pulled, the stand-in maps them to their
+            # Dockerfiles (training ENTRYPOINT) and to `flant5 serve`
+            "image_registry": self.registry(),
+            "serving_container_uri": f"{self.registry()}/{SERVE_IMAGE}:latest",
             "service_account": f"flant5-local@{self.project}.iam.gserviceaccount.com",
             "tensorboard_resource": f"projects/{self.project}/locations/{self.region}/{DEFAULT_TENSORBOARD}",
         }
+
+    def registry(self) -> str:
+        return f"{self.region}-docker.pkg.dev/{self.project}/flant5"
 
     def settings(self) -> dict[str, Any]:
         return {"api_endpoint": self.api_endpoint, "gcs_endpoint": self.gcs_endpoint, "workdir": str(self.workdir),
@@ -132,6 +140,7 @@ def start_local_stack(
     gcs = start_gcs_emulator(work / "gcs", port=gcs_port)
     backend = Backend(workdir=work, gcs_url=gcs.url, project=project, region=region, deploy_timeout_s=deploy_timeout_s,
                       sync_wait_s=sync_wait_s)
+    backend.tensorboards.add(f"projects/{project}/locations/{region}/{DEFAULT_TENSORBOARD}")
     port = port or free_port()
     config = uvicorn.Config(create_app(backend), host="127.0.0.1", port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)

@@ -17,10 +17,12 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from flant5_lib.vertex.localstack import checks
 from flant5_lib.vertex.localstack.backend import ApiError, Backend, now, run_batch_job
+from flant5_lib.vertex.localstack.listing import listing as _listing
 
 _P = r"projects/(?P<project>[^/]+)/locations/(?P<region>[^/:]+)"
 _ID = r"(?P<rid>[^/:@]+)(?:@(?P<version>[^/:]+))?"
@@ -34,16 +36,6 @@ def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
         return fn
 
     return deco
-
-
-def _display_filter(query: dict[str, list[str]]) -> str | None:
-    m = re.search(r'display_name\s*=\s*"?([^"]+?)"?(?:\s|$)', (query.get("filter") or [""])[0])
-    return m.group(1) if m else None
-
-
-def _listing(items: dict[str, dict[str, Any]], query: dict[str, list[str]]) -> list[dict[str, Any]]:
-    name = _display_filter(query)
-    return [copy.deepcopy(v) for v in items.values() if name is None or v.get("displayName") == name]
 
 
 def _get(items: dict[str, dict[str, Any]], rid: str, kind: str, full: str) -> dict[str, Any]:
@@ -60,6 +52,11 @@ def create_pipeline(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict
     for key in ("displayName", "trainingTaskDefinition", "trainingTaskInputs"):
         if not body.get(key):
             raise ApiError(400, f"TrainingPipeline.{key} is required.")
+    inputs = body["trainingTaskInputs"]
+    checks.worker_pools(inputs.get("worker_pool_specs") or inputs.get("workerPoolSpecs") or [],
+                        "training_task_inputs", b.region)
+    checks.tensorboard(b.tensorboards, inputs.get("tensorboard"), inputs.get("service_account"),
+                       "training_task_inputs")
     pid = b.new_id()
     pipeline = {**copy.deepcopy(body), "name": f"{b.parent()}/trainingPipelines/{pid}",
                 "state": "PIPELINE_STATE_PENDING", "createTime": now(), "updateTime": now()}
@@ -86,6 +83,70 @@ def cancel_pipeline(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict
     _get(b.pipelines, m["rid"], "TrainingPipeline", m["rid"])
     b.cancel_pipeline(m["rid"])
     return {}
+
+
+# --- custom jobs (aiplatform.CustomJob, CustomJob.from_local_script) --------------------------------
+
+
+@route("POST", "customJobs")
+def create_custom_job(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    if not body.get("displayName"):
+        raise ApiError(400, "CustomJob.displayName is required.")
+    spec = body.get("jobSpec") or {}
+    checks.worker_pools(spec.get("workerPoolSpecs") or [], "custom_job.job_spec", b.region)
+    checks.tensorboard(b.tensorboards, spec.get("tensorboard"), spec.get("serviceAccount"), "custom_job.job_spec")
+    jid = b.new_id()
+    job = {**copy.deepcopy(body), "name": f"{b.parent()}/customJobs/{jid}", "state": "JOB_STATE_PENDING",
+           "createTime": now(), "updateTime": now()}
+    with b.lock:
+        b.custom_jobs[jid] = job
+    b.start_custom_job(job)
+    return copy.deepcopy(job)
+
+
+@route("GET", "customJobs/(?P<rid>[^/:]+)")
+def get_custom_job(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    with b.lock:
+        return copy.deepcopy(_get(b.custom_jobs, m["rid"], "CustomJob", m["rid"]))
+
+
+@route("GET", "customJobs")
+def list_custom_jobs(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    with b.lock:
+        return {"customJobs": _listing(b.custom_jobs, q)}
+
+
+@route("POST", "customJobs/(?P<rid>[^/:]+):cancel")
+def cancel_custom_job(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    _get(b.custom_jobs, m["rid"], "CustomJob", m["rid"])
+    b.cancel_pipeline(m["rid"], kind="customjob")
+    return {}
+
+
+@route("DELETE", "customJobs/(?P<rid>[^/:]+)")
+def delete_custom_job(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    with b.lock:
+        job = _get(b.custom_jobs, m["rid"], "CustomJob", m["rid"])
+        if job["state"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING"):
+            raise ApiError(400, f"CustomJob {job['name']} is running; cancel it first.", "FAILED_PRECONDITION")
+        del b.custom_jobs[m["rid"]]
+    return b.operation(b.parent(), done=True, metadata_type="DeleteOperationMetadata")
+
+
+# --- TensorBoards (the stand-in knows one: DEFAULT_TENSORBOARD) ---------------------------------------
+
+
+@route("GET", "tensorboards/(?P<rid>[^/:]+)")
+def get_tensorboard(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    name = f"{b.parent()}/tensorboards/{m['rid']}"
+    if name not in b.tensorboards:
+        raise ApiError(404, f"Tensorboard {name} is not found.")
+    return {"name": name, "displayName": m["rid"]}
+
+
+@route("GET", "tensorboards")
+def list_tensorboards(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    return {"tensorboards": [{"name": n, "displayName": n.rsplit("/", 1)[1]} for n in sorted(b.tensorboards)]}
 
 
 # --- models -------------------------------------------------------------------------------------------
@@ -175,8 +236,8 @@ def deploy_model(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[st
     model = _get(b.models, mid, "Model", model_name)
     if "dedicatedResources" not in deployed:
         raise ApiError(400, "Model does not support automatic resources; DeployedModel.dedicatedResources is required.")
-    if not deployed["dedicatedResources"].get("machineSpec", {}).get("machineType"):
-        raise ApiError(400, "DeployedModel.dedicatedResources.machineSpec.machineType is required.")
+    checks.machine_spec(deployed["dedicatedResources"].get("machineSpec"), "deployed_model.dedicated_resources",
+                        b.region)
     dmid = b.new_id()
     deployed.update(id=dmid, model=model["name"], modelVersionId=model.get("versionId", "1"), createTime=now())
     split = dict(body.get("trafficSplit") or {"0": 100})
@@ -254,6 +315,10 @@ def create_batch(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[st
             raise ApiError(400, f"BatchPredictionJob.{key} is required.")
     mid = body["model"].rsplit("/", 1)[-1].split("@")[0]
     _get(b.models, mid, "Model", body["model"])
+    if not body.get("dedicatedResources"):
+        raise ApiError(400, "BatchPredictionJob.dedicatedResources is required for a custom-trained model.")
+    checks.machine_spec(body["dedicatedResources"].get("machineSpec"), "batch_prediction_job.dedicated_resources",
+                        b.region)
     jid = b.new_id()
     job = {**copy.deepcopy(body), "name": f"{b.parent()}/batchPredictionJobs/{jid}", "state": "JOB_STATE_PENDING",
            "createTime": now(), "updateTime": now()}
@@ -267,6 +332,31 @@ def create_batch(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[st
 def get_batch(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
     with b.lock:
         return copy.deepcopy(_get(b.batch_jobs, m["rid"], "BatchPredictionJob", m["rid"]))
+
+
+@route("GET", "batchPredictionJobs")
+def list_batch(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    with b.lock:
+        return {"batchPredictionJobs": _listing(b.batch_jobs, q)}
+
+
+@route("POST", "batchPredictionJobs/(?P<rid>[^/:]+):cancel")
+def cancel_batch(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    with b.lock:
+        job = _get(b.batch_jobs, m["rid"], "BatchPredictionJob", m["rid"])
+        if job["state"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING"):
+            job.update(state="JOB_STATE_CANCELLING", updateTime=now())
+    return {}
+
+
+@route("DELETE", "batchPredictionJobs/(?P<rid>[^/:]+)")
+def delete_batch(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    with b.lock:
+        job = _get(b.batch_jobs, m["rid"], "BatchPredictionJob", m["rid"])
+        if job["state"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING"):
+            raise ApiError(400, f"BatchPredictionJob {job['name']} is running; cancel it first.", "FAILED_PRECONDITION")
+        del b.batch_jobs[m["rid"]]
+    return b.operation(b.parent(), done=True, metadata_type="DeleteOperationMetadata")
 
 
 @route("GET", r"(?:[^:]+/)?operations/(?P<rid>[^/:]+)")
@@ -294,8 +384,11 @@ def create_app(backend: Backend) -> FastAPI:
         return {"status": "ok"}
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "DELETE", "PATCH", "PUT"])
-    async def dispatch(path: str, request: Request) -> JSONResponse:
+    async def dispatch(path: str, request: Request) -> Response:
         raw = await request.body()  # handlers block (subprocesses, forwarding), so they run in the thread pool
+        if request.method == "POST" and path.endswith(":rawPredict"):
+            ctype = request.headers.get("content-type", "application/json")
+            return await run_in_threadpool(_raw_predict, backend, path, raw, ctype)
         return await run_in_threadpool(_handle, backend, request.method, path, request.url.query, raw)
 
     return app
@@ -316,10 +409,44 @@ def _handle(backend: Backend, method: str, path: str, query: str, raw: bytes) ->
             match = pattern.match(rest)
             if verb == method and match:
                 groups = {k: v for k, v in match.groupdict().items() if v is not None}
-                if groups["project"] != backend.project:
-                    raise ApiError(403, f"Permission denied on project {groups['project']!r} (the stand-in serves "
-                                        f"{backend.project!r}).", "PERMISSION_DENIED")
+                _check_parent(backend, groups)
                 return JSONResponse(fn(backend, groups, body if isinstance(body, dict) else {}, q))
         raise ApiError(404, f"{method} /{path} is not part of the local Vertex AI stand-in.")
+    except ApiError as err:
+        return JSONResponse(err.body(), status_code=err.code)
+
+
+def _check_parent(backend: Backend, groups: dict[str, str]) -> None:
+    """The project and region in the path must be the ones this stand-in serves (`local-stack --project --region`):
+    a regional Vertex endpoint refuses another region's resources the same way."""
+    if groups["project"] != backend.project:
+        raise ApiError(403, f"Permission denied on project {groups['project']!r} (the stand-in serves "
+                            f"{backend.project!r}).", "PERMISSION_DENIED")
+    if groups["region"] != backend.region:
+        raise ApiError(400, f"Location {groups['region']!r} does not match this endpoint's region "
+                            f"{backend.region!r}; use gcp_region: {backend.region}.")
+
+
+def _raw_predict(backend: Backend, path: str, raw: bytes, content_type: str) -> Response:
+    """:rawPredict: the body reaches the container unchanged and its answer (status included) comes back."""
+    rest = re.sub(r"^(v1|v1beta1|ui)/", "", path)
+    with backend.lock:
+        backend.requests.append({"time": now(), "method": "POST", "path": "/" + path, "query": {},
+                                 "body": {"_raw": raw[:2000].decode("utf-8", "replace")}})
+    try:
+        m = re.match(f"^{_P}/endpoints/(?P<rid>[^/:]+):rawPredict$", rest)
+        if not m:
+            raise ApiError(404, f"POST /{path} is not part of the local Vertex AI stand-in.")
+        _check_parent(backend, m.groupdict())
+        with backend.lock:
+            endpoint = _get(backend.endpoints, m["rid"], "Endpoint", m["rid"])
+            split = {k: v for k, v in endpoint.get("trafficSplit", {}).items() if v > 0 and k in backend.deployments}
+            if not split:
+                raise ApiError(400, f"Endpoint {endpoint['name']} has no deployed model serving traffic.",
+                               "FAILED_PRECONDITION")
+            dmid = random.choices(list(split), weights=list(split.values()))[0]
+            dep = backend.deployments[dmid]
+        r = backend.forward_raw(dep, raw, content_type)
+        return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"))
     except ApiError as err:
         return JSONResponse(err.body(), status_code=err.code)

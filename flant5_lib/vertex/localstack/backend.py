@@ -83,6 +83,8 @@ class Backend:
     region: str
     lock: threading.RLock = field(default_factory=threading.RLock)
     pipelines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    custom_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tensorboards: set[str] = field(default_factory=set)  # full resource names that exist
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
     batch_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -136,43 +138,65 @@ class Backend:
     # --- training ---------------------------------------------------------------------------------
 
     def start_pipeline(self, pipeline: dict[str, Any]) -> None:
-        threading.Thread(target=self._run_pipeline, args=(pipeline,), daemon=True,
+        threading.Thread(target=self._run_training, args=(pipeline, "pipeline"), daemon=True,
                          name=f"pipeline-{pipeline['name']}").start()
+
+    def start_custom_job(self, job: dict[str, Any]) -> None:
+        threading.Thread(target=self._run_training, args=(job, "customjob"), daemon=True,
+                         name=f"customjob-{job['name']}").start()
 
     def _command(self, pool: dict[str, Any], job_dir: Path) -> tuple[list[str], str]:
         """The command the container would run, with this interpreter in place of the image's python."""
+        from flant5_lib.vertex.localstack import checks
+
         if "python_package_spec" in pool or "pythonPackageSpec" in pool:
             spec = pool.get("python_package_spec") or pool.get("pythonPackageSpec")
-            uris = spec.get("package_uris") or spec.get("packageUris") or []
-            src = job_dir / "package"
-            for i, uri in enumerate(uris):
-                archive = storage.download_file(uri, job_dir / f"package-{i}.tar.gz")
-                with tarfile.open(archive) as tar:
-                    tar.extractall(src, filter="data")
-            # the SDK's archive holds <name>-<version>/<module dir>/; put every top folder on the path
-            roots = [str(p) for p in sorted(src.iterdir()) if p.is_dir()] if src.exists() else []
+            src = self._unpack(spec.get("package_uris") or spec.get("packageUris") or [], job_dir)
             module = spec.get("python_module") or spec.get("pythonModule")
-            log.info("job package unpacked in %s; its requirements are not pip-installed here (offline): "
-                     "this environment is used instead", src)
-            return [sys.executable, "-m", module, *(spec.get("args") or [])], os.pathsep.join(roots)
+            checks.script_image(spec.get("executor_image_uri") or spec.get("executorImageUri") or "", src)
+            return [sys.executable, "-m", module, *(spec.get("args") or [])], self._roots(src)
         spec = pool.get("containerSpec") or pool.get("container_spec") or {}
-        command = list(spec.get("command") or [])
-        if not command:
-            raise ApiError(400, "containerSpec.command is required by the local stand-in (it cannot run image entrypoints)")
+        command, package = checks.container_command(spec)  # `command`, or the project image's ENTRYPOINT/CMD
         if Path(command[0]).name.startswith("python"):
             command[0] = sys.executable
-        return [*command, *(spec.get("args") or [])], ""
+        if package:  # CustomJob.from_local_script on a project image: its package on the path, not pip-installed
+            return command, self._roots(self._unpack([package], job_dir))
+        return command, ""
 
-    def _run_pipeline(self, pipeline: dict[str, Any]) -> None:
+    def _unpack(self, uris: list[str], job_dir: Path) -> Path:
+        """Download and unpack a job's source archives (their requirements are checked, never pip-installed here:
+        this environment stands for the image)."""
+        src = job_dir / "package"
+        for i, uri in enumerate(uris):
+            archive = storage.download_file(uri, job_dir / f"package-{i}.tar.gz")
+            with tarfile.open(archive) as tar:
+                tar.extractall(src, filter="data")
+        log.info("job package unpacked in %s", src)
+        return src
+
+    @staticmethod
+    def _roots(src: Path) -> str:
+        """The SDK's archive holds <name>-<version>/<module dir>/: every top folder goes on the path."""
+        return os.pathsep.join(str(p) for p in sorted(src.iterdir()) if p.is_dir()) if src.exists() else ""
+
+    def _run_training(self, pipeline: dict[str, Any], kind: str) -> None:
+        """Run a TrainingPipeline (kind 'pipeline') or a CustomJob ('customjob') to its end state."""
         pid = pipeline["name"].rsplit("/", 1)[1]
-        inputs = pipeline.get("trainingTaskInputs", {})
-        pools = inputs.get("worker_pool_specs") or inputs.get("workerPoolSpecs") or []
-        base = (inputs.get("base_output_directory") or inputs.get("baseOutputDirectory") or {})
+        if kind == "pipeline":
+            inputs = pipeline.get("trainingTaskInputs", {})
+            pools = inputs.get("worker_pool_specs") or inputs.get("workerPoolSpecs") or []
+            base = (inputs.get("base_output_directory") or inputs.get("baseOutputDirectory") or {})
+            states = "PIPELINE_STATE_"
+        else:
+            inputs = pipeline.get("jobSpec", {})
+            pools = inputs.get("workerPoolSpecs") or []
+            base = inputs.get("baseOutputDirectory") or {}
+            states = "JOB_STATE_"
         base_uri = (base.get("output_uri_prefix") or base.get("outputUriPrefix") or "").rstrip("/")
-        job_dir = self.workdir / "jobs" / f"pipeline-{pid}"
+        job_dir = self.workdir / "jobs" / f"{kind}-{pid}"
         job_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_path("pipeline", pid)
-        self._set_pipeline(pipeline, "PIPELINE_STATE_RUNNING", startTime=now())
+        log_path = self.log_path(kind, pid)
+        self._set_pipeline(pipeline, states + "RUNNING", startTime=now())
         try:
             if not pools:
                 raise ApiError(400, "trainingTaskInputs.worker_pool_specs is empty")
@@ -188,8 +212,8 @@ class Backend:
                 with self.lock:
                     self.processes[pid] = proc
                 code = proc.wait()
-            if pipeline.get("state") == "PIPELINE_STATE_CANCELLING":
-                self._set_pipeline(pipeline, "PIPELINE_STATE_CANCELLED", endTime=now())
+            if pipeline.get("state") == states + "CANCELLING":
+                self._set_pipeline(pipeline, states + "CANCELLED", endTime=now())
                 return
             if code != 0:
                 raise ApiError(500, f"The replica workerpool0-0 exited with a non-zero status of {code}. "
@@ -201,16 +225,16 @@ class Backend:
                     raise ApiError(500, f"the job finished but wrote no model to AIP_MODEL_DIR={model_uri}/")
                 model = self.register_model({**upload, "artifactUri": model_uri}, training_pipeline=pipeline["name"])
                 pipeline["modelToUpload"] = model
-            self._set_pipeline(pipeline, "PIPELINE_STATE_SUCCEEDED", endTime=now())
+            self._set_pipeline(pipeline, states + "SUCCEEDED", endTime=now())
         except ApiError as err:
             with self.lock:
                 pipeline["error"] = {"code": _grpc_code(err.status), "message": err.message}
-            self._set_pipeline(pipeline, "PIPELINE_STATE_FAILED", endTime=now())
+            self._set_pipeline(pipeline, states + "FAILED", endTime=now())
         except Exception as err:  # a stand-in bug must still end the job, never leave the SDK polling forever
-            log.exception("pipeline %s crashed", pid)
+            log.exception("%s %s crashed", kind, pid)
             with self.lock:
                 pipeline["error"] = {"code": 13, "message": f"local stand-in error: {type(err).__name__}: {err}"}
-            self._set_pipeline(pipeline, "PIPELINE_STATE_FAILED", endTime=now())
+            self._set_pipeline(pipeline, states + "FAILED", endTime=now())
 
     def _job_env(self, pool: dict[str, Any], base_uri: str, inputs: dict[str, Any]) -> dict[str, str]:
         spec = (pool.get("python_package_spec") or pool.get("pythonPackageSpec") or pool.get("containerSpec")
@@ -237,15 +261,19 @@ class Backend:
         with self.lock:
             pipeline.update(state=state, updateTime=now(), **extra)
 
-    def cancel_pipeline(self, pid: str) -> None:
+    def cancel_pipeline(self, pid: str, kind: str = "pipeline") -> None:
+        """Cancel a TrainingPipeline or CustomJob (ids are unique across kinds) and stop its process."""
+        states = "PIPELINE_STATE_" if kind == "pipeline" else "JOB_STATE_"
         with self.lock:
             proc = self.processes.get(pid)
-            pipeline = self.pipelines[pid]
-            if pipeline["state"] in ("PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED", "PIPELINE_STATE_CANCELLED"):
+            pipeline = (self.pipelines if kind == "pipeline" else self.custom_jobs)[pid]
+            if pipeline["state"] in (states + "SUCCEEDED", states + "FAILED", states + "CANCELLED"):
                 return
-            pipeline["state"] = "PIPELINE_STATE_CANCELLING"
+            pipeline["state"] = states + "CANCELLING"
         if proc and proc.poll() is None:
             proc.terminate()
+        elif proc is None:  # not started yet: nothing to wait for
+            self._set_pipeline(pipeline, states + "CANCELLED", endTime=now())
 
     # --- models -----------------------------------------------------------------------------------
 
@@ -269,8 +297,12 @@ class Backend:
     # --- serving ----------------------------------------------------------------------------------
 
     def start_server(self, model: dict[str, Any], dmid: str, endpoint_id: str) -> Deployment:
-        """Start `python -m flant5_lib serve` as Vertex would start the serving container."""
+        """Start `python -m flant5_lib serve` as Vertex would start the serving container (the project's serving
+        images only; anything else fails clearly instead of silently serving the project's server)."""
+        from flant5_lib.vertex.localstack import checks
+
         spec = model.get("containerSpec", {})
+        checks.serving_image(spec.get("imageUri", ""))
         port = free_port()
         env = dict(os.environ)
         env.update({
@@ -333,10 +365,23 @@ class Backend:
         except ValueError:
             answer = {"detail": r.text[:300]}
         if r.status_code != 200:
-            detail = answer.get("detail") or answer.get("error") or answer
-            code = r.status_code if 400 <= r.status_code < 500 else 500
-            raise ApiError(code, f"model server answered {r.status_code}: {detail}")
+            detail = answer.get("detail") or answer.get("error") or answer if isinstance(answer, dict) else answer
+            if r.status_code == 429:  # overload stays retryable: the SDK raises ResourceExhausted, as Vertex's own 429
+                raise ApiError(429, f"model server answered 429: {detail}", "RESOURCE_EXHAUSTED")
+            if r.status_code == 503:
+                raise ApiError(503, f"model server answered 503: {detail}", "UNAVAILABLE")
+            if 400 <= r.status_code < 500:  # Vertex relays a container's 4xx as 400 INVALID_ARGUMENT (BadRequest)
+                raise ApiError(400, f"model server answered {r.status_code}: {detail}", "INVALID_ARGUMENT")
+            raise ApiError(500, f"model server answered {r.status_code}: {detail}")
         return answer
+
+    def forward_raw(self, dep: Deployment, raw: bytes, content_type: str, timeout_s: float = 120.0) -> httpx.Response:
+        """:rawPredict: the body goes to the container as it is, and its answer comes back as it is."""
+        url = f"http://127.0.0.1:{dep.port}{dep.predict_route}"
+        try:
+            return httpx.post(url, content=raw, headers={"Content-Type": content_type}, timeout=timeout_s)
+        except httpx.HTTPError as err:
+            raise ApiError(503, f"model server unreachable: {err}", "UNAVAILABLE") from None
 
     def stop_deployment(self, dmid: str) -> None:
         with self.lock:
@@ -365,6 +410,8 @@ def run_batch_job(backend: Backend, job: dict[str, Any]) -> None:
 
     def update(**kw: Any) -> None:
         with backend.lock:
+            if job.get("state") == "JOB_STATE_CANCELLING" and kw.get("state") != "JOB_STATE_RUNNING":
+                kw["state"] = "JOB_STATE_CANCELLED"  # batchPredictionJobs.cancel arrived while it ran
             job.update(updateTime=now(), **kw)
 
     update(state="JOB_STATE_RUNNING", startTime=now())
@@ -389,6 +436,8 @@ def run_batch_job(backend: Backend, job: dict[str, Any]) -> None:
         backend.wait_healthy(dep)
         rows = []
         for i in range(0, len(instances), 16):
+            if job.get("state") == "JOB_STATE_CANCELLING":
+                break
             chunk = instances[i : i + 16]
             preds = backend.forward_predict(dep, {"instances": chunk})["predictions"]
             rows += [{"instance": a, "prediction": b} for a, b in zip(chunk, preds)]
