@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from flant5_lib.config import Params
 from flant5_lib.errors import CloudError
@@ -21,14 +20,11 @@ DEFAULT_PRICES = Path(__file__).resolve().parents[2] / "params" / "prices.yaml"
 
 
 def load_prices(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    p = Path(path) if path else DEFAULT_PRICES
-    if not p.is_file():
-        raise CloudError(f"{p}: price table not found; pass --prices params/prices.yaml")
-    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    for key in ("prices_read_on", "machine_per_hour", "accelerator_per_hour", "throughput_per_gpu"):
-        if key not in data:
-            raise CloudError(f"{p}: missing '{key}' (see the shipped params/prices.yaml)")
-    return data
+    from flant5_lib.vertex.tables import load_table
+
+    return load_table(Path(path) if path else DEFAULT_PRICES,
+                      ("prices_read_on", "machine_per_hour", "accelerator_per_hour", "throughput_per_gpu"),
+                      "params/prices.yaml; pass --prices FILE")
 
 
 def dataset_size(params: Params, prices: dict[str, Any]) -> int:

@@ -16,7 +16,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from flant5_lib.config import Params
 from flant5_lib.errors import CloudError
@@ -45,14 +44,10 @@ class ImageInfo:
 
 @lru_cache(maxsize=4)
 def load_table(path: str | None = None) -> dict[str, Any]:
-    p = Path(path) if path else DEFAULT_TABLE
-    if not p.is_file():
-        raise CloudError(f"{p}: image table not found (it ships as params/tables/images.yaml)")
-    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    for key in ("read_on", "project_images", "prebuilt_images", "needs"):
-        if key not in data:
-            raise CloudError(f"{p}: missing '{key}' (see the shipped params/tables/images.yaml)")
-    return data
+    from flant5_lib.vertex.tables import load_table as read
+
+    return read(Path(path) if path else DEFAULT_TABLE, ("read_on", "project_images", "prebuilt_images", "needs"),
+                "params/tables/images.yaml")
 
 
 # --- what the project pins ------------------------------------------------------------------------------------

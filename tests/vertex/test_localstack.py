@@ -26,7 +26,8 @@ from flant5_lib.vertex import specs as vertex
 from flant5_lib.vertex import jobs as vertex_jobs
 from flant5_lib.cli import main
 from flant5_lib.config import load_params
-from flant5_lib.vertex.localstack import LocalStack, start_local_stack
+from flant5_lib.vertex.localstack import LocalStack
+from tests.helpers.vertex import fast_stack
 
 QUICK_TRAIN = {"dataset": "synthetic:64", "model_name": "tiny", "max_steps": 5, "eval_strategy": "no",
                "per_device_train_batch_size": 8, "logging_steps": 1}
@@ -34,13 +35,8 @@ QUICK_TRAIN = {"dataset": "synthetic:64", "model_name": "tiny", "max_steps": 5, 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    from google.cloud.aiplatform import jobs, training_jobs
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(training_jobs, "_JOB_WAIT_TIME", 0.3)  # the SDK polls every 5 s by default
-        mp.setattr(jobs, "_JOB_WAIT_TIME", 0.3)
-        with start_local_stack(tmp_path_factory.mktemp("localstack")) as st:
-            yield st
+    with fast_stack(tmp_path_factory.mktemp("localstack")) as st:
+        yield st
 
 
 @pytest.fixture()

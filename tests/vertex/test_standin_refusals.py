@@ -18,20 +18,15 @@ from flant5_lib.config import load_params
 from flant5_lib.vertex import images
 from flant5_lib.vertex import jobs as vertex_jobs
 from flant5_lib.vertex.localstack import LocalStack, start_local_stack
+from tests.helpers.vertex import fast_stack
 
 OLD_DEFAULT = "us-docker.pkg.dev/vertex-ai/training/pytorch-gpu.2-4.py310:latest"
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    from google.cloud.aiplatform import jobs, training_jobs
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(training_jobs, "_JOB_WAIT_TIME", 0.3)  # the SDK polls every 5 s by default
-        mp.setattr(jobs, "_JOB_WAIT_TIME", 0.3)
-        with start_local_stack(tmp_path_factory.mktemp("standin"), project="proj-7", region="us-central1",
-                               bucket="gs://bkt-7") as st:
-            yield st
+    with fast_stack(tmp_path_factory.mktemp("standin"), project="proj-7", region="us-central1", bucket="gs://bkt-7") as st:
+        yield st
 
 
 @pytest.fixture(scope="module")

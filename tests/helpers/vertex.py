@@ -1,0 +1,24 @@
+"""The offline Vertex stand-in for tests, with the SDK's job polling sped up (it polls every 5 s by default)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flant5_lib.vertex.localstack import LocalStack, start_local_stack
+
+
+@contextmanager
+def fast_stack(workdir: Path, **kwargs: Any) -> Iterator[LocalStack]:
+    """`start_local_stack(workdir, **kwargs)` while the SDK polls jobs every 0.3 s."""
+    from google.cloud.aiplatform import jobs, training_jobs
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training_jobs, "_JOB_WAIT_TIME", 0.3)
+        mp.setattr(jobs, "_JOB_WAIT_TIME", 0.3)
+        with start_local_stack(workdir, **kwargs) as stack:
+            yield stack
