@@ -14,6 +14,8 @@ VENV=.venv
 STAMP=$VENV/.flant5-installed
 
 setup() {
+    # Tests that run ./workbench.sh lab set this: the venv is already in use, never reinstall it under them.
+    if [ -n "${FLANT5_SKIP_SETUP:-}" ]; then return; fi
     if [ ! -x "$VENV/bin/python" ]; then
         if ! command -v "$PYTHON" >/dev/null 2>&1; then
             echo "workbench.sh: $PYTHON not found; install Python 3.11 or set PYTHON=/path/to/python3.11" >&2
@@ -57,7 +59,7 @@ case "${1:-}" in
     demo)
         shift
         setup
-        exec "$VENV/bin/flant5" run --params params/local-smoke.yaml "$@"
+        exec "$VENV/bin/flant5" run --params params/local-smoke.yaml --fresh "$@"
         ;;
     test)
         shift

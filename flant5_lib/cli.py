@@ -25,6 +25,9 @@ COMMAND_MODULES = [
     "serve",
     "vertex",
     "run",
+    "compare",
+    "sweep",
+    "pipeline",
 ]
 
 

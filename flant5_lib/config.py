@@ -7,11 +7,12 @@ Fields are flat (grouped by prefix) so that `papermill NB OUT -f params/x.yaml` 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from flant5_lib.errors import ParamsError
 
@@ -124,11 +125,11 @@ class Params(BaseModel):
     eval_split: SplitName = Field("test", description="Split scored by `flant5 evaluate`.")
     num_beams: int = Field(1, ge=1, le=16, description="Beam width for generation (1 = greedy).")
     max_new_tokens: int = Field(96, ge=1, description="Most tokens generated per summary.")
-    length_penalty: float = Field(1.0, description="Beam search only: exponent on the length that divides a beam's score "
+    length_penalty: float = Field(1.0, ge=-10, le=10, description="Beam search only: exponent on the length that divides a beam's score "
         "(>1 favours longer summaries, <1 shorter). Saved in the model's generation_config.json.")
-    no_repeat_ngram_size: int = Field(0, ge=0, description="Never generate the same n-gram twice (3 stops 'Paris Paris Paris' "
+    no_repeat_ngram_size: int = Field(0, ge=0, le=32, description="Never generate the same n-gram twice (3 stops 'Paris Paris Paris' "
         "loops; 0 = off). Saved in the model's generation_config.json.")
-    repetition_penalty: float = Field(1.0, gt=0, description="Divides the score of tokens already generated or in the input "
+    repetition_penalty: float = Field(1.0, gt=0, le=10, description="Divides the score of tokens already generated or in the input "
         "(1.0 = off; 1.2 is a common value). Saved in the model's generation_config.json.")
     bootstrap_samples: int = Field(1000, ge=10, description="Resamples for the 95% ROUGE confidence intervals.")
     baselines: list[Literal["lead3", "longest3"]] = Field(["lead3", "longest3"], description="Extractive baselines to compare with.")
@@ -138,7 +139,7 @@ class Params(BaseModel):
     serve_backend: Literal["hf", "ctranslate2", "auto"] = Field("auto", description="'hf' = transformers generate; 'ctranslate2' = int8 "
         "CTranslate2 on CPU; 'auto' = chosen from the detected hardware (CTranslate2 on a CPU, transformers on a GPU), logged at start-up.")
     serve_ct2_compute_type: Literal["int8", "int8_float32", "float32"] = Field(
-        "int8", description="CTranslate2 weights/compute type (the converted model is cached as <model>/ct2-<type>)."
+        "int8", description="CTranslate2 weights/compute type (converted once into the serving cache, FLANT5_CACHE_DIR)."
     )
     serve_ct2_split_batches: bool = Field(True, description="CPU: cut each micro-batch into length-sorted sub-batches of 4, decoded "
         "in parallel by one single-threaded CTranslate2 replica per thread (less padding; about 200 MB more memory per thread "
@@ -177,7 +178,11 @@ class Params(BaseModel):
     train_accelerator_type: str = Field("NVIDIA_TESLA_A100", description="Training GPU type.")
     train_accelerator_count: int = Field(1, ge=0, description="GPUs per training replica.")
     train_replica_count: int = Field(1, ge=1, description="Training replicas (>1 = multi-node torchrun).")
-    train_spot: bool = Field(False, description="Use Spot VMs for training (cheaper, may be preempted; checkpoints resume).")
+    scheduling_strategy: Literal["standard", "spot", "flex_start"] = Field(
+        "standard", description="How Vertex AI provisions the training VMs: 'standard' (on-demand), 'spot' (Spot VMs: "
+        "much cheaper, may be preempted with a 30 s notice; checkpoints go to AIP_CHECKPOINT_DIR and the job resumes "
+        "from them) or 'flex_start' (Dynamic Workload Scheduler: queues until the GPUs are free). See docs/spot-training.md."
+    )
     image_registry: str | None = Field(
         None, description="Artifact Registry repository of the project's images, REGION-docker.pkg.dev/PROJECT/REPO "
         "(None: <gcp_region>-docker.pkg.dev/<gcp_project>/flant5); `flant5 vertex build` pushes there.",
@@ -200,6 +205,8 @@ class Params(BaseModel):
     deploy_accelerator_count: int = Field(0, ge=0, description="GPUs per serving replica.")
     deploy_min_replicas: int = Field(1, ge=1, description="Minimum serving replicas.")
     deploy_max_replicas: int = Field(1, ge=1, description="Maximum serving replicas (autoscaling).")
+    deploy_spot: bool = Field(False, description="Serve on Spot VMs (cheaper; a preempted replica is replaced, so run "
+        "deploy_min_replicas >= 2 to keep answering meanwhile).")
     cleanup: bool = Field(False, description="Notebook 05: undeploy and delete the endpoint and model at the end.")
     train_preset: str | None = Field(
         None, description="Named machine preset (`flant5 vertex presets`); sets machine, accelerator, count and replicas."
@@ -231,6 +238,25 @@ class Params(BaseModel):
     batch_replica_count: int = Field(1, ge=1, description="Batch prediction replicas.")
     batch_display_name: str = Field("flan-t5-samsum-batch", description="Batch prediction job name.")
     artifacts_local_dir: str = Field("serving/model", description="Local folder `vertex artifacts download` fills (the server's default model).")
+    # --- release pipeline (`flant5 pipeline`, docs/release-pipeline.md) ---
+    pipeline_root: str | None = Field(
+        None, description="gs:// folder Vertex AI Pipelines writes the pipeline's artifacts to (None: <staging_bucket>/pipeline_root).")
+    pipeline_display_name: str = Field("flan-t5-samsum-release", description="Vertex AI Pipelines job name.")
+    pipeline_train_on: Literal["local", "vertex"] = Field(
+        "local", description="Where the pipeline's training step trains: 'local' (in the step's own container) or "
+        "'vertex' (the same job as `flant5 vertex train`).")
+    gate_min_rouge1: float | None = Field(
+        None, ge=0, le=100, description="Release gate: the candidate's test ROUGE-1 must reach this floor (None: no floor).")
+    gate_min_rougeL: float | None = Field(
+        None, ge=0, le=100, description="Release gate: the candidate's test ROUGE-L must reach this floor (None: no floor).")
+    gate_metric: Literal["rouge1", "rouge2", "rougeL", "rougeLsum"] = Field(
+        "rougeL", description="Release gate: the metric of the paired comparison with the incumbent.")
+    gate_tolerance: float = Field(
+        0.5, ge=0, le=100, description="Release gate: the lower end of the paired 95% interval of candidate minus "
+        "incumbent (gate_metric, ROUGE points) must be above -gate_tolerance.")
+    gate_against: Literal["incumbent_if_any", "incumbent", "floors_only"] = Field(
+        "incumbent_if_any", description="Release gate: compare with the version aliased 'default' when there is one, "
+        "require one ('incumbent'), or judge by the floors alone.")
 
     @field_validator("precision")
     @classmethod
@@ -261,13 +287,17 @@ class Params(BaseModel):
         return build_params({**self.model_dump(exclude_unset=True), **overrides}, source="overrides")
 
 
+# fields that were replaced: an old params file gets the new spelling instead of "unknown key"
+RENAMED = {"train_spot": "replaced by scheduling_strategy; write `scheduling_strategy: spot` (or standard)"}
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "params"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `flant5 params list` shows every field)"
+            msg = RENAMED.get(loc) or "unknown key (check the spelling; `flant5 params list` shows every field)"
         parts.append(f"{loc}: {msg}" if loc != "params" else msg)
     return f"{source}: " + "; ".join(parts)
 
@@ -280,9 +310,65 @@ def build_params(values: dict[str, Any], source: str = "params") -> Params:
         raise ParamsError(_format_validation_error(err, source)) from None
 
 
-def read_params_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML file of overrides (no validation): a local path, or a gs:// URI (a Vertex job reads its params
-    from the bucket). The one reader of params files: the CLI, the runner, notebooks, jobs and the server use it."""
+# --- per-call generation options ----------------------------------------------------------------
+# The generation fields: saved in a model's generation_config.json, and overridable per call (a request's
+# `parameters`, `flant5 summarize`'s flags, evaluation, notebooks). Their bounds are the Params fields' own.
+GENERATION_FIELDS = ("num_beams", "max_new_tokens", "length_penalty", "no_repeat_ngram_size", "repetition_penalty")
+_BOUNDS = ("gt", "ge", "lt", "le")
+
+
+def field_bounds(model: type[BaseModel], name: str) -> dict[str, Any]:
+    """A field's numeric bounds as Field keywords ({'ge': 1, 'le': 16} for Params.num_beams)."""
+    return {k: getattr(m, k) for m in model.model_fields[name].metadata for k in _BOUNDS if hasattr(m, k)}
+
+
+MIN_NEW_TOKENS_HELP = "Fewest tokens generated per summary (per call only; clamped to max_new_tokens)."
+
+
+def generation_options_model(
+    name: str = "GenerationOverrides", *, upper: dict[str, float] | None = None, strict: bool = False,
+    int_before: Callable[[Any], Any] | None = None,
+) -> type[BaseModel]:
+    """The per-call generation options as one pydantic model; None keeps the params' value (the model's
+    generation_config.json). Each field's bounds are the Params field's own, tightened by `upper` (a server's
+    serve_*_limit), so `flant5 summarize`'s flags, `--set`, evaluation, notebooks and a request's `parameters` refuse
+    the same values. `int_before` runs before an integer field's check (the server turns 2.0 into 2: Vertex's SDK sends
+    every number as a double)."""
+    upper = upper or {}
+
+    def option(field: str, annotation: Any, bounds: dict[str, Any], description: str | None) -> Any:
+        if field in upper:
+            bounds = {**bounds, "le": min(bounds.get("le", upper[field]), upper[field])}
+        # the bounds first, then `int_before`: the JSON schema then states them as minimum/maximum
+        extra = (BeforeValidator(int_before),) if int_before is not None and annotation is int else ()
+        return Annotated[annotation, Field(**bounds), *extra] | None, Field(None, description=description)
+
+    fields = {"min_new_tokens": option("min_new_tokens", int, {"ge": 0}, MIN_NEW_TOKENS_HELP)}
+    for field in GENERATION_FIELDS:
+        f = Params.model_fields[field]
+        fields[field] = option(field, f.annotation, field_bounds(Params, field), f.description)
+    return create_model(name, __config__=ConfigDict(extra="forbid", frozen=True, strict=strict),
+                        __doc__="Per-call generation options; None keeps the params' value.", **fields)
+
+
+GenerationOverrides = generation_options_model()
+
+
+def generation_overrides(source: str = "overrides", *, as_flags: bool = False, **values: Any) -> Any:
+    """The one check of per-call generation options: every bad one named in one `ParamsError`, as `--set` does
+    (`as_flags`: named as the command-line flag the user typed, `--num-beams 99: ...`)."""
+    try:
+        return GenerationOverrides(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as err:
+        if as_flags:
+            raise ParamsError("; ".join(f"--{str(e['loc'][0]).replace('_', '-')} {e['input']}: {e['msg']}"
+                                        for e in err.errors())) from None
+        raise ParamsError(_format_validation_error(err, source)) from None
+
+
+def read_yaml_file(path: str | os.PathLike[str], what: str = "params file", examples: str = "params/") -> Any:
+    """A YAML file, local or gs://, parsed; a missing file or bad YAML is one ParamsError naming the file (and line).
+    The one reader of the project's YAML inputs: params files here, space files in search_space."""
     p = str(path)
     if p.startswith("gs://"):
         from flant5_lib import storage
@@ -290,14 +376,21 @@ def read_params_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         text = storage.read_text(p)
     else:
         if not Path(p).is_file():
-            raise ParamsError(f"{p}: params file not found (see params/ for examples)")
+            raise ParamsError(f"{p}: {what} not found (see {examples} for examples)")
         text = Path(p).read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ParamsError(f"{p}:{where} not valid YAML ({getattr(err, 'problem', err)})") from None
+
+
+def read_params_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML file of overrides (no validation): a local path, or a gs:// URI (a Vertex job reads its params
+    from the bucket). The one reader of params files: the CLI, the runner, notebooks, jobs and the server use it."""
+    p = str(path)
+    data = read_yaml_file(p)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -361,7 +454,7 @@ def params_from_namespace(namespace: dict[str, Any], params_file: str | None = N
 
 
 def describe_fields() -> list[tuple[str, str, Any, str]]:
-    """(name, type, default, help) for every field: for `flant5 params list` and the README."""
+    """(name, type, default, help) for every field: for `flant5 params list` and docs/parameters.md."""
     rows = []
     for name, f in Params.model_fields.items():
         ann = getattr(f.annotation, "__name__", None) if isinstance(f.annotation, type) else None

@@ -7,6 +7,10 @@ class Flant5Error(Exception):
     """Root of every error this project raises on purpose."""
 
 
+class CheckError(Flant5Error):
+    """A step ran but what it produced is wrong or missing (a notebook's final check); names every problem."""
+
+
 class UserError(Flant5Error):
     """A mistake the user can fix (bad params, missing file, bad JSON...). Exit code 2, no traceback."""
 

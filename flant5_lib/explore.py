@@ -96,7 +96,7 @@ def split_lengths(
 
 
 def bucket_counts(turns: Sequence[int]) -> dict[str, int]:
-    """Dialogues per SAMSum size bucket (utterance count); the eval helper's `size_bucket` defines them."""
+    """Dialogues per SAMSum size bucket (utterance count); `metrics.size_bucket` defines them."""
     from flant5_lib.metrics import BUCKETS, size_bucket
 
     counts = Counter(size_bucket(n) for n in turns)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from flant5_lib.config import GENERATION_FIELDS, generation_overrides
 from flant5_lib.preprocess import encode_sources
 
 if TYPE_CHECKING:
@@ -22,38 +23,20 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def generation_kwargs(
-    params: Params,
-    *,
-    max_new_tokens: int | None = None,
-    min_new_tokens: int | None = None,
-    num_beams: int | None = None,
-    length_penalty: float | None = None,
-    no_repeat_ngram_size: int | None = None,
-    repetition_penalty: float | None = None,
-) -> dict[str, Any]:
-    """The one place generation settings are resolved: a per-call value, else `params` (which
-    `preprocess.load_preprocessing` filled from the model's generation_config.json). Options at their neutral value
-    are left out, so a backend that lacks one (CTranslate2) still serves the settings it has."""
-    beams = num_beams or params.num_beams
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": max_new_tokens or params.max_new_tokens,
-        "num_beams": beams,
-        "do_sample": False,
-    }
-    if min_new_tokens:
-        kwargs["min_new_tokens"] = min_new_tokens
-    chosen = {
-        "length_penalty": _pick(length_penalty, params.length_penalty) if beams > 1 else NEUTRAL["length_penalty"],
-        "no_repeat_ngram_size": _pick(no_repeat_ngram_size, params.no_repeat_ngram_size),
-        "repetition_penalty": _pick(repetition_penalty, params.repetition_penalty),
-    }
-    kwargs.update({k: v for k, v in chosen.items() if v != NEUTRAL[k]})
+def generation_kwargs(params: Params, **overrides: Any) -> dict[str, Any]:
+    """The one place generation settings are resolved: a per-call value (checked against the bounds of the Params
+    fields, `config.generation_overrides`), else `params` (which `preprocess.load_preprocessing` filled from the
+    model's generation_config.json). min_new_tokens is clamped to max_new_tokens. Options at their neutral value are
+    left out, so a backend that lacks one (CTranslate2) still serves the settings it has."""
+    given = generation_overrides(**overrides).model_dump(exclude_none=True)
+    chosen = {name: given.get(name, getattr(params, name)) for name in GENERATION_FIELDS}
+    kwargs: dict[str, Any] = {"max_new_tokens": chosen["max_new_tokens"], "num_beams": chosen["num_beams"], "do_sample": False}
+    if given.get("min_new_tokens"):
+        kwargs["min_new_tokens"] = min(given["min_new_tokens"], chosen["max_new_tokens"])
+    if chosen["num_beams"] == 1:
+        chosen["length_penalty"] = NEUTRAL["length_penalty"]  # greedy: no effect, and transformers refuses it
+    kwargs.update({k: chosen[k] for k in NEUTRAL if chosen[k] != NEUTRAL[k]})
     return kwargs
-
-
-def _pick(value: Any, default: Any) -> Any:
-    return default if value is None else value
 
 
 # transformers' values that change nothing. `generate_from_ids` passes them for every option left out, so the
@@ -97,16 +80,13 @@ def generate_summaries(
     params: Params,
     *,
     batch_size: int | None = None,
-    max_new_tokens: int | None = None,
-    min_new_tokens: int | None = None,
-    num_beams: int | None = None,
     progress: bool = True,
+    **overrides: Any,
 ) -> list[str]:
-    """Summaries in input order, generated in length-sorted batches (far less padding than input order)."""
-    return generate_summaries_capped(
-        model, tokenizer, dialogues, params, batch_size=batch_size, max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens, num_beams=num_beams, progress=progress,
-    )[0]
+    """Summaries in input order, generated in length-sorted batches (far less padding than input order).
+    `overrides`: per-call generation options (`config.GenerationOverrides`), e.g. max_new_tokens=8."""
+    return generate_summaries_capped(model, tokenizer, dialogues, params, batch_size=batch_size, progress=progress,
+                                     **overrides)[0]
 
 
 def generate_summaries_capped(
@@ -116,18 +96,13 @@ def generate_summaries_capped(
     params: Params,
     *,
     batch_size: int | None = None,
-    max_new_tokens: int | None = None,
-    min_new_tokens: int | None = None,
-    num_beams: int | None = None,
     progress: bool = True,
+    **overrides: Any,
 ) -> tuple[list[str], list[bool]]:
     """`generate_summaries`, plus which summaries hit max_new_tokens before ending: a cut summary scores ROUGE
     on a truncated text, so evaluation reports their share (`capped_share` in metrics.json)."""
-    return summarize_batches(
-        lambda ids, kwargs: _generate_batch(model, tokenizer, ids, kwargs), tokenizer, dialogues, params,
-        batch_size=batch_size, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams,
-        progress=progress,
-    )
+    return summarize_batches(lambda ids, kwargs: _generate_batch(model, tokenizer, ids, kwargs), tokenizer, dialogues,
+                             params, batch_size=batch_size, progress=progress, **overrides)
 
 
 def summarize_batches(
@@ -137,22 +112,20 @@ def summarize_batches(
     params: Params,
     *,
     batch_size: int | None = None,
-    max_new_tokens: int | None = None,
-    min_new_tokens: int | None = None,
-    num_beams: int | None = None,
     progress: bool = True,
+    **overrides: Any,
 ) -> tuple[list[str], list[bool]]:
     """The one batch loop: encode with the shared preprocessing, generate in length-sorted batches with any engine
     (`generate_batch(ids, gen_kwargs) -> (texts, capped)`: transformers here, a serving backend for `flant5
     summarize`), and put the summaries back in input order."""
     from tqdm.auto import tqdm
 
+    gen_kwargs = generation_kwargs(params, **overrides)  # first: a bad option fails before any work
     if not dialogues:
         return [], []
     input_ids, truncated = encode_sources(tokenizer, dialogues, params)
     if any(truncated):
         log.info("%d of %d dialogues were truncated to %d tokens", sum(truncated), len(dialogues), params.max_source_length)
-    gen_kwargs = generation_kwargs(params, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams)
     results: list[str] = [""] * len(dialogues)
     capped: list[bool] = [False] * len(dialogues)
     batches = length_sorted_batches([len(s) for s in input_ids], batch_size or params.per_device_eval_batch_size)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flant5_lib.config import GENERATION_FIELDS
 from flant5_lib.data import split_turns
 from flant5_lib.errors import ModelError, UserError
 
@@ -28,7 +29,6 @@ LABEL_PAD = -100  # ignored by the loss
 MODEL_PARAMS_FILE = "flant5_params.yaml"
 PREPROCESSING_FIELDS = ("source_prefix", "turn_separator", "max_source_length")
 GENERATION_CONFIG_FILE = "generation_config.json"
-GENERATION_FIELDS = ("num_beams", "max_new_tokens", "length_penalty", "no_repeat_ngram_size", "repetition_penalty")
 
 
 def save_preprocessing(params: Params, folder: str | os.PathLike[str]) -> Path:

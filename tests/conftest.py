@@ -21,6 +21,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.samsum)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_state_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """Kernels that papermill or JupyterLab start write IPython history and Jupyter's secret and signature database
+    under ~: the tests keep them in their own temporary folder (kernelspecs are still found in sys.prefix)."""
+    home = tmp_path_factory.mktemp("jupyter-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IPYTHONDIR", str(home / "ipython"))
+        mp.setenv("JUPYTER_DATA_DIR", str(home / "data"))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _serving_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """CTranslate2 conversions and merged adapters go to the serving cache (FLANT5_CACHE_DIR), not to ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FLANT5_CACHE_DIR", str(tmp_path_factory.mktemp("flant5-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Flan-T5-family model with a locally trained tokenizer (read-only: copy before changing it)."""

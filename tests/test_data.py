@@ -254,5 +254,5 @@ def test_split_turns_is_linear_on_long_blank_runs() -> None:
     hostile = "Amanda: hi" + " " * 200_000 + "there"
     start = time.perf_counter()
     assert split_turns(hostile) == [hostile.strip()]
-    assert time.perf_counter() - start < 1.0  # quadratic: minutes; linear: milliseconds
+    assert time.perf_counter() - start < 20  # hang guard, not a speed claim: quadratic takes minutes, linear ms
     assert split_turns("#Person1#: hi   #Person2#: hello") == ["#Person1#: hi", "#Person2#: hello"]

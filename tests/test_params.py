@@ -115,23 +115,3 @@ def test_yaml_files_parse_as_flat_mappings():
     for path in PARAM_FILES:
         data = yaml.safe_load(path.read_text())
         assert isinstance(data, dict) and all(not isinstance(v, dict) for v in data.values())
-
-
-def test_readme_opens_with_the_three_quickstart_commands():
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    first_block = text.split("```bash\n", 1)[1].split("```", 1)[0]
-    commands = [line.split("#")[0].strip() for line in first_block.splitlines() if line.strip()]
-    assert commands == ["./workbench.sh demo", "./workbench.sh lab", "./workbench.sh test"]
-    assert text.index("```bash") < text.index("\n## "), "the quickstart comes before any section"
-    for section in ("## Benchmarks", "## Serving", "## Vertex AI"):
-        assert section in text
-
-
-def test_readme_parameters_reference_is_current():
-    from flant5_lib.workbench.report import README_END, README_START, params_reference_markdown
-
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    table = text.split(README_START, 1)[1].split(README_END, 1)[0].strip()
-    assert table == params_reference_markdown(), (
-        "README's parameters table is stale: .venv/bin/python -c 'from flant5_lib.workbench.report import update_readme; update_readme()'"
-    )

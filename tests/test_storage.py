@@ -85,3 +85,21 @@ def test_file_round_trip_and_missing_object_is_one_line(bucket: str, tmp_path: P
         storage.upload_file(local, bucket)
     with pytest.raises(CloudError, match="folder not found"):
         storage.upload_dir(tmp_path / "nope", f"{bucket}/x")
+
+
+def test_no_google_credentials_is_one_line_naming_the_fix(tmp_path: Path) -> None:
+    """A fresh process with no emulator and no Application Default Credentials reads a gs:// params file: exit 2 and
+    one line saying how to log in or go offline, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in (storage.EMULATOR_ENV, "GOOGLE_APPLICATION_CREDENTIALS")}
+    # no gcloud config, and no GCE metadata server asked (on a Cloud Build or GCE machine it would hand out credentials)
+    env.update(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), NO_GCE_CHECK="True")
+    proc = subprocess.run([sys.executable, "-m", "flant5_lib", "params", "check", "gs://some-bucket/params.yaml"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("flant5 params: error: Cloud Storage client could not start (DefaultCredentialsError")
+    assert "gcloud auth application-default login" in err and "flant5 vertex local-stack" in err

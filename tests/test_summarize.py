@@ -34,20 +34,30 @@ EXACT = ["--set", "serve_backend=hf"]
 @pytest.mark.parametrize("engine", [["serve_backend=hf"], ["serve_backend=ctranslate2", "serve_ct2_compute_type=float32"]],
                          ids=["transformers", "ctranslate2-float32"])
 def test_summarize_jsonl_keeps_input_order_and_matches_generation(talk_model: Path, tmp_path: Path,
-                                                                  caplog: pytest.LogCaptureFixture, engine: list[str]) -> None:
+                                                                  engine: list[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """`flant5 summarize` runs the serving engine (serve_backend); both exact engines give evaluation's summaries."""
-    import logging
+    import shutil
 
+    folder = tmp_path / "model"
+    shutil.copytree(talk_model, folder)
+    monkeypatch.setenv("FLANT5_CACHE_DIR", str(tmp_path / "cache"))  # any conversion there was made by this run
     rows = generate_records(7, seed=11)
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": r["id"], "dialogue": r["dialogue"]}) + "\n" for r in rows))
     out = tmp_path / "out.jsonl"
     sets = [a for s in engine for a in ("--set", s)]
-    with caplog.at_level(logging.INFO):
-        assert main(["summarize", "--model", str(talk_model), "--input", str(src), "--output", str(out),
-                     "--max-new-tokens", "6", "--batch-size", "3", *sets]) == 0
+    assert main(["summarize", "--model", str(folder), "--input", str(src), "--output", str(out),
+                 "--max-new-tokens", "6", "--batch-size", "3", *sets]) == 0
+    # The engine really ran: only CTranslate2 converts the model, into this test's own serving cache.
+    converted = list((tmp_path / "cache" / "ct2").glob("*-float32-*"))
     if "ctranslate2" in engine[0]:
-        assert "CTranslate2" in caplog.text or "ctranslate2" in caplog.text  # the engine really ran
+        from flant5_lib.serve.ct2 import SOURCE_FILE
+
+        assert len(converted) == 1 and (converted[0] / "model.bin").is_file()
+        assert json.loads((converted[0] / SOURCE_FILE).read_text())["source"] == str(folder.resolve())
+    else:
+        assert not converted
     got = _read_jsonl(out)
     assert [g["id"] for g in got] == [r["id"] for r in rows]
     assert [g["dialogue"] for g in got] == [r["dialogue"] for r in rows]
@@ -86,17 +96,36 @@ def test_summarize_csv_and_model_preprocessing_params(talk_model: Path, tmp_path
 @pytest.mark.parametrize(("args", "needle"), [
     (["--input", "missing.jsonl"], "file not found"),
     (["--output", "out.txt"], ".jsonl"),
-    (["--num-beams", "0"], "--num-beams"),
+    (["--num-beams", "0"], "--num-beams 0: Input should be greater than or equal to 1"),
+    (["--min-new-tokens", "-1"], "--min-new-tokens -1"),
 ])
 def test_summarize_user_mistakes_exit_2(talk_model: Path, tmp_path: Path, capsys, args: list[str], needle: str) -> None:
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"dialogue": "a: hi\nb: hello"}) + "\n")
     base = {"--model": str(talk_model), "--input": str(src), "--output": str(tmp_path / "o.jsonl")}
-    base.update({args[0]: str(tmp_path / args[1]) if args[0] != "--num-beams" else args[1]})
+    base.update({args[0]: str(tmp_path / args[1]) if args[0] in ("--input", "--output") else args[1]})
     argv = ["summarize"] + [x for kv in base.items() for x in kv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [["--num-beams", "99"], ["--set", "num_beams=99"]], ids=["flag", "set"])
+def test_a_generation_option_out_of_bounds_exits_2_naming_the_field_and_bound(tmp_path: Path, args: list[str]) -> None:
+    """The flag and --set hit the one bound (Params.num_beams <= 16), before any model is read: the folder is missing."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"dialogue": "a: hi\nb: hello"}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "flant5_lib.cli", "summarize", "--model", str(tmp_path / "no-model"),
+                           "--input", str(src), "--output", str(tmp_path / "o.jsonl"), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "num-beams 99" in line or "num_beams" in line
+    assert "less than or equal to 16" in line and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 def test_the_models_generation_config_is_the_default_and_set_overrides_it(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -116,11 +145,14 @@ def test_the_models_generation_config_is_the_default_and_set_overrides_it(tiny_m
                  *EXACT]) == 0
     assert main(["summarize", "--model", str(model), "--input", str(src), "--output", str(tmp_path / "plain.jsonl"),
                  "--set", "no_repeat_ngram_size=0", *EXACT]) == 0
+    assert main(["summarize", "--model", str(model), "--input", str(src), "--output", str(tmp_path / "flag.jsonl"),
+                 "--no-repeat-ngram-size", "0", *EXACT]) == 0  # the per-call flag: the same effect as --set
     m, tok = load_model_and_tokenizer(str(model), device="cpu")
     saved = generate_summaries(m, tok, dialogues, Params(max_new_tokens=16, no_repeat_ngram_size=2), progress=False)
     plain = generate_summaries(m, tok, dialogues, Params(max_new_tokens=16, no_repeat_ngram_size=0), progress=False)
     assert [g["summary"] for g in _read_jsonl(tmp_path / "saved.jsonl")] == saved
     assert [g["summary"] for g in _read_jsonl(tmp_path / "plain.jsonl")] == plain
+    assert [g["summary"] for g in _read_jsonl(tmp_path / "flag.jsonl")] == plain
     assert repetition_share(plain) > repetition_share(saved)
 
 

@@ -1,4 +1,5 @@
-"""`flant5 run --params FILE [--only 00,03] [--out DIR] [--set k=v]`: the notebook chain into one run folder."""
+"""`flant5 run --params FILE [--only 00,03] [--out DIR] [--set k=v] [--resume | --fresh]`: the notebook chain into
+one run folder."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from flant5_lib.config import parse_set
 DESCRIPTION = """Run the numbered notebooks (notebooks/NN_*.ipynb) in order with papermill, into one run folder, and
 write its index.html (ROUGE table, plots, best and worst samples, timing). Everything that can be checked is checked
 before the first notebook starts: parameters, the dataset and its splits, the model and tokenizer (an offline hub id
-fails in seconds), the Vertex settings. A terminal shows the cell being run and the elapsed time."""
+fails in seconds), the Vertex settings, and a run folder that already holds a run (pass --resume or --fresh). A
+terminal shows the cell being run and the elapsed time."""
 
 EXAMPLES = """examples:
   flant5 run --params params/local-smoke.yaml                      # all notebooks, offline, minutes on a laptop
-  flant5 run --params params/local-smoke.yaml --only 00,03         # some of them, into the same run folder
+  flant5 run --params params/local-smoke.yaml --fresh              # the same again, from an empty run folder
+  flant5 run --params params/local-smoke.yaml --only 03 --resume   # one of them again, on the same trained model
   flant5 run --params params/samsum-flan-t5-base.yaml --set dataset=/data/samsum --out runs/base-try2"""
 
 
@@ -29,6 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override one Params field or a notebook's own parameter (repeatable), e.g. --set learning_rate=1e-3")
     p.add_argument("--notebooks", metavar="DIR", help="folder of NN_name.ipynb notebooks (default: ./notebooks)")
     p.add_argument("--log-output", action="store_true", help="stream every cell's output to the terminal")
+    # one destination, so the last of the two wins (`./workbench.sh demo --resume` overrides the demo's --fresh)
+    p.add_argument("--resume", dest="existing", action="store_const", const="resume", default="stop",
+                   help="when the run folder already holds a run: run into it again (its model and checkpoints are "
+                        "reused, its notebooks and results overwritten)")
+    p.add_argument("--fresh", dest="existing", action="store_const", const="fresh",
+                   help="when the run folder already holds a run: delete it first (only a folder `flant5 run` made, "
+                        "with its run.json)")
     p.set_defaults(func=_run)
 
 
@@ -40,7 +50,8 @@ def _run(args: argparse.Namespace) -> int:
         print(msg, flush=True)
 
     plan = runner.plan_run(
-        args.params, parse_set(args.set), out=args.out, only=runner.parse_only(args.only), notebooks_dir=args.notebooks
+        args.params, parse_set(args.set), out=args.out, only=runner.parse_only(args.only), notebooks_dir=args.notebooks,
+        existing=args.existing,
     )
     echo(f"run folder: {plan.run_dir} ({len(plan.notebooks)} notebooks)")
     try:

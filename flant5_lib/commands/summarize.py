@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any, get_args
 
-from flant5_lib.config import load_params, parse_set
+from flant5_lib.config import GenerationOverrides, generation_overrides, load_params, parse_set
 from flant5_lib.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -28,16 +29,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="JSONL written atomically: one {id, dialogue, summary} per row")
     p.add_argument("--params", help="YAML params file (generation: num_beams, max_new_tokens, no_repeat_ngram_size...)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a params field (repeatable)")
-    p.add_argument("--batch-size", type=int, help="dialogues per generate call (default per_device_eval_batch_size)")
-    p.add_argument("--max-new-tokens", type=int, help="most tokens per summary")
-    p.add_argument("--num-beams", type=int, help="beam width (1 = greedy)")
+    p.add_argument("--batch-size", type=int, dest="per_device_eval_batch_size", metavar="N",
+                   help="dialogues per generate call (= --set per_device_eval_batch_size=N)")
+    # One flag per generation option, checked against the same bounds as --set and a request's `parameters`.
+    for field, info in GenerationOverrides.model_fields.items():
+        kind = _number_type(info.annotation)
+        p.add_argument("--" + field.replace("_", "-"), type=kind, dest=field, metavar="N" if kind is int else "X",
+                       help=(info.description or "").split(". ")[0].rstrip(".") + " (default: the model's generation_config.json)")
     p.set_defaults(func=_summarize)
 
 
+def _number_type(annotation: Any) -> type:
+    """int or float from a GenerationOverrides field's `Annotated[int, Field(...)] | None`."""
+    for arg in get_args(annotation):
+        base = (get_args(arg) or (arg,))[0]
+        if base in (int, float):
+            return base
+    raise TypeError(f"not a number field: {annotation}")
+
+
 def summarize_file(model: str, input_path: str, output_path: str, params_file: str | None = None,
-                   overrides: dict | None = None, *, batch_size: int | None = None,
-                   max_new_tokens: int | None = None, num_beams: int | None = None) -> Path:
-    """Read dialogues, summarise them in length-sorted batches, write one JSON object per input row."""
+                   overrides: dict | None = None, **options: Any) -> Path:
+    """Read dialogues, summarise them in length-sorted batches, write one JSON object per input row. `options`:
+    per-call generation options (`config.GenerationOverrides`)."""
     from flant5_lib.data import Columns, read_dialogues_file
     from flant5_lib.fileio import write_jsonl
     from flant5_lib.inference import summarize_batches
@@ -57,19 +71,17 @@ def summarize_file(model: str, input_path: str, output_path: str, params_file: s
         params = params.with_overrides(serve_backend="hf")
     backend = load_backend(path, params)
     summaries, _ = summarize_batches(lambda ids, kw: (backend.generate(ids, kw), [False] * len(ids)), backend.tokenizer,
-                                     [r["dialogue"] for r in rows], params, batch_size=batch_size,
-                                     max_new_tokens=max_new_tokens, num_beams=num_beams)
+                                     [r["dialogue"] for r in rows], params, **options)
     write_jsonl(out, [{"id": r["id"], "dialogue": r["dialogue"], "summary": s} for r, s in zip(rows, summaries)])
     log.info("wrote %d summaries to %s", len(rows), out)
     return out
 
 
 def _summarize(args: argparse.Namespace) -> int:
-    for flag in ("batch_size", "max_new_tokens", "num_beams"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise DataError(f"--{flag.replace('_', '-')} {value}: must be >= 1")
-    out = summarize_file(args.model, args.input, args.output, args.params, parse_set(args.set),
-                         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
-    print(out)
+    sets = parse_set(args.set)
+    if args.per_device_eval_batch_size is not None:
+        sets["per_device_eval_batch_size"] = args.per_device_eval_batch_size
+    options = {field: getattr(args, field) for field in GenerationOverrides.model_fields}
+    generation_overrides(as_flags=True, **options)  # a bad flag fails before the (slow) model load
+    print(summarize_file(args.model, args.input, args.output, args.params, sets, **options))
     return 0

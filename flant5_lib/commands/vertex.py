@@ -1,5 +1,5 @@
-"""`flant5 vertex ...`: preflight, build, train, upload, deploy, predict, batch, artifacts, cleanup, estimate, presets,
-local-stack.
+"""`flant5 vertex ...`: preflight, build, train, upload, deploy, predict, batch, artifacts, cleanup, estimate, tune,
+tune-result, presets, local-stack.
 
 Every command reads the typed Params (--params FILE, --set k=v, and --local-stack STATE.json from
 `flant5 vertex local-stack`). `--dry-run` prints the exact request as JSON and sends nothing.
@@ -53,6 +53,11 @@ _ACTIONS: dict[str, tuple[str, str]] = {
     "estimate": ("expected cost and duration of the training job (params/prices.yaml)",
                  "flant5 vertex estimate --params params/vertex-a100.yaml"),
     "presets": ("list the training machine presets (train_preset)", "flant5 vertex presets"),
+    "tune": ("hyperparameter tuning over the sweep's space file: one trial per training job, ranked on validation "
+             "(preflight and the cost of max_trials trials first)",
+             "flant5 vertex tune --params params/vertex-a100.yaml --space params/sweeps/tiny.yaml --dry-run"),
+    "tune-result": ("the best trial and a table of every trial of a tuning job (JSON on stdout, table on stderr)",
+                    "flant5 vertex tune-result --params params/vertex-a100.yaml"),
     "local-stack": ("run the GCS emulator and the Vertex AI stand-in on 127.0.0.1 until Ctrl-C",
                     "flant5 vertex local-stack --state-file runs/localstack/state.json --region europe-west4"),
 }
@@ -80,6 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = _parser(vs, "preflight")
     _common(p, dry_run=False)
+    p.add_argument("--space", help="also check a tuning space file (`flant5 vertex tune --space`)")
     p.set_defaults(func=_preflight)
 
     p = _parser(vs, "build")
@@ -133,7 +139,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p, dry_run=False)
     p.add_argument("--prices", help="price table (default params/prices.yaml)")
     p.add_argument("--samples", type=int, help="training dialogues (default: counted or looked up)")
+    p.add_argument("--preemptions-per-hour", type=float, metavar="RATE",
+                   help="Spot preemptions per running hour assumed (default: params/tables/spot-prices.yaml)")
     p.set_defaults(func=_estimate)
+
+    p = _parser(vs, "tune")
+    _common(p)
+    p.add_argument("--space", required=True, help="search space file, as for `flant5 sweep` (params/sweeps/*.yaml)")
+    p.add_argument("--prices", help="price table (default params/prices.yaml)")
+    p.add_argument("--no-wait", action="store_true", help="return once the job is created")
+    p.set_defaults(func=_tune)
+
+    p = _parser(vs, "tune-result")
+    _common(p, dry_run=False)
+    p.add_argument("--job", help="tuning job resource name or id (default: the newest named train_display_name)")
+    p.set_defaults(func=_tune_result)
 
     p = _parser(vs, "presets")
     p.set_defaults(func=_presets)
@@ -146,6 +166,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--region", default="us-central1", help="region the stand-in serves (others are refused)")
     p.add_argument("--bucket", default="gs://flant5-local", help="staging bucket created in the GCS emulator")
     p.add_argument("--state-file", help="also write the settings to this JSON file (removed on exit)")
+    p.add_argument("--preempt-after", type=float, metavar="S", help="preempt each Spot job's replica S seconds after "
+                   "it starts (SIGTERM, grace period, SIGKILL), then restart it as Vertex does (docs/spot-training.md)")
+    p.add_argument("--preempt-times", type=int, default=1, metavar="N", help="preemptions per Spot job (default 1)")
+    p.add_argument("--preempt-grace", type=float, default=30.0, metavar="S",
+                   help="seconds between SIGTERM and SIGKILL (default 30, Compute Engine's notice)")
     p.set_defaults(func=_local_stack)
 
 
@@ -179,30 +204,39 @@ def _call(action: str, fn: Any, *a: Any, **kw: Any) -> Any:
         raise explain_api_error(err, action) from None
 
 
-def _dry_run_preflight(params: Params) -> None:
-    """Every --dry-run runs preflight: real problems stop it (exit 2); settings still to fill in (a dry run may show
-    `<gcp_project>`) are listed on stderr."""
-    from flant5_lib.vertex import preflight
+def _dry_run(params: Params, request: Any, roles: tuple[str, ...] = ()) -> int:
+    """Print `request` as JSON after the checks a real run makes: the request's own fields (one line), then the whole
+    rule set, whose real problems stop it (exit 2). Settings still to fill in (a dry run may show `<gcp_project>`)
+    are listed on stderr."""
+    from flant5_lib.vertex import rules
 
-    found = preflight.problems(params)
-    unset = [p for p in found if preflight.is_unset_problem(p)]
-    blocking = [p for p in found if p not in unset]
+    rules.check_request(params, roles=roles, dry_run=True)
+    blocking = rules.problems(params, settings=False)
     if blocking:
         raise ParamsError(f"preflight found {len(blocking)} problem(s):\n" + "\n".join(f"  {p}" for p in blocking))
+    unset = rules.settings_to_fill(params)
     for line in unset:
         print(f"preflight: still to set before a real run: {line}", file=sys.stderr)
     if not unset:
         print("preflight: ok", file=sys.stderr)
+    _print_json(request() if callable(request) else request)
+    return 0
 
 
 # --- commands ------------------------------------------------------------------------------------------------
 
 
 def _preflight(args: argparse.Namespace) -> int:
-    from flant5_lib.vertex import images, preflight
+    from flant5_lib.vertex import images, rules
 
     params = _params(args)
-    preflight.require(params)
+    if args.space:
+        from flant5_lib.search_space import load_space
+        from flant5_lib.vertex import tune
+
+        tune.require(params, load_space(args.space), args.space)
+    else:
+        rules.require(params)
     print(f"preflight: ok ({params.vertex_mode} mode; training image {images.train_image(params)}, "
           f"serving image {images.serving_image(params)})")
     return 0
@@ -217,9 +251,7 @@ def _build(args: argparse.Namespace) -> int:
     params = _params(args)
     cmd = build.submit_command(params, args.config)
     if args.dry_run:
-        _dry_run_preflight(params)
-        _print_json({"command": cmd, "images": build.image_uris(params)})
-        return 0
+        return _dry_run(params, {"command": cmd, "images": build.image_uris(params)})
     build.check(params, args.config)
     if shutil.which(cmd[0]) is None:
         raise CloudError("gcloud: not found; install the Google Cloud CLI (https://cloud.google.com/sdk) or run the "
@@ -228,61 +260,47 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from flant5_lib.vertex import specs as vertex
-    from flant5_lib.vertex import estimate as vertex_estimate
-    from flant5_lib.vertex import jobs as vertex_jobs
+    from flant5_lib.vertex import estimate, jobs, rules, specs
 
-    params = vertex.resolve(_params(args))
-    vertex.check_params(params, dry_run=args.dry_run, train=True)
-    if not args.dry_run:
-        from flant5_lib.vertex.preflight import require
-
-        require(params)  # before the estimate: a job that cannot run has no price
+    params = _params(args)
+    if not args.dry_run:  # (a dry run makes the same checks in `_dry_run`)
+        rules.check_request(params, roles=("train",))
+        rules.require(params)  # before the estimate: a job that cannot run has no price
     try:
-        est: dict[str, Any] | str = vertex_estimate.estimate(params, vertex_estimate.load_prices(args.prices))
+        est: dict[str, Any] | str = estimate.estimate(params, estimate.load_prices(args.prices))
     except CloudError as err:
         est = f"no estimate: {err}"
     if args.dry_run:
-        _dry_run_preflight(params)
-        _print_json({**vertex.training_request(params), "estimate": est})
-        return 0
-    print(vertex_estimate.format_estimate(est) if isinstance(est, dict) else est, file=sys.stderr)
-    job, model = _call("vertex train", vertex_jobs.run_training, params, wait=not args.no_wait)
+        return _dry_run(params, lambda: {**specs.training_request(params), "estimate": est}, ("train",))
+    print(estimate.format_estimate(est) if isinstance(est, dict) else est, file=sys.stderr)
+    job, model = _call("vertex train", jobs.run_training, params, wait=not args.no_wait)
     out = {"training_pipeline": job.resource_name, "state": job.state.name,
-           "output_dir": vertex.train_output_dir(params), "model": getattr(model, "resource_name", None)}
+           "output_dir": specs.train_output_dir(params), "model": getattr(model, "resource_name", None)}
     _print_json(out)
     return 0
 
 
 def _upload(args: argparse.Namespace) -> int:
-    from flant5_lib.vertex import specs as vertex
-    from flant5_lib.vertex import jobs as vertex_jobs
+    from flant5_lib.vertex import jobs, specs
 
     params = _params(args)
     if args.dry_run:
-        vertex.check_params(params, dry_run=True)
-        _dry_run_preflight(params)
-        _print_json(vertex.upload_request(params, args.artifact_uri))
-        return 0
-    model = _call("vertex upload", vertex_jobs.upload_model, params, args.artifact_uri)
+        return _dry_run(params, lambda: specs.upload_request(params, args.artifact_uri))
+    model = _call("vertex upload", jobs.upload_model, params, args.artifact_uri)
     _print_json({"model": model.resource_name, "artifact_uri": model.uri})
     return 0
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from flant5_lib.vertex import specs as vertex
-    from flant5_lib.vertex import jobs as vertex_jobs
+    from flant5_lib.vertex import jobs, rules, specs
 
     params = _params(args)
     if args.dry_run:
-        vertex.check_params(params, dry_run=True, deploy=True)
-        _dry_run_preflight(params)
-        _print_json(vertex.deploy_request(params, model=args.model or "<newest model named "
-                                          f"{params.model_display_name}>"))
-        return 0
-    vertex.check_params(params, deploy=True)
-    model = _call("vertex deploy", vertex_jobs.latest_model, params, args.model)
-    endpoint = _call("vertex deploy", vertex_jobs.deploy_model, params, model)
+        model = args.model or f"<newest model named {params.model_display_name}>"
+        return _dry_run(params, lambda: specs.deploy_request(params, model=model), ("deploy",))
+    rules.check_request(params, roles=("deploy",))  # before the model lookup, itself a call
+    model = _call("vertex deploy", jobs.latest_model, params, args.model)
+    endpoint = _call("vertex deploy", jobs.deploy_model, params, model)
     _print_json({"endpoint": endpoint.resource_name, "model": model.resource_name,
                  "traffic_split": dict(endpoint.traffic_split)})
     return 0
@@ -300,95 +318,123 @@ def _dialogues(args: argparse.Namespace) -> list[str]:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from flant5_lib.vertex import specs as vertex
-    from flant5_lib.vertex import jobs as vertex_jobs
+    from flant5_lib.vertex import jobs, rules, specs
 
     params = _params(args)
     dialogues = _dialogues(args)
     instances = [{"dialogue": d} for d in dialogues]
     if args.dry_run:
-        vertex.check_params(params, dry_run=True)
-        _dry_run_preflight(params)
-        req = vertex.predict_request(params, instances, args.endpoint or "<endpoint id>")
-        _print_json({**req, "curl": vertex.curl_command(req)})
-        return 0
-    vertex.check_params(params, need=("gcp_project", "gcp_region"))
-    endpoint = _call("vertex predict", vertex_jobs.get_endpoint, params, args.endpoint)
-    preds = _call("vertex predict", vertex_jobs.predict, params, endpoint, dialogues)
-    req = vertex.predict_request(params, instances, endpoint.resource_name)
+        req = specs.predict_request(params, instances, args.endpoint or "<endpoint id>")
+        return _dry_run(params, {**req, "curl": specs.curl_command(req)})
+    rules.check_request(params, need=rules.API_SETTINGS)
+    endpoint = _call("vertex predict", jobs.get_endpoint, params, args.endpoint)
+    preds = _call("vertex predict", jobs.predict, params, endpoint, dialogues)
+    req = specs.predict_request(params, instances, endpoint.resource_name)
     _print_json({"endpoint": endpoint.resource_name, "predictions": preds})
-    print(f"# the same request with curl:\n{vertex.curl_command(req)}", file=sys.stderr)
+    print(f"# the same request with curl:\n{specs.curl_command(req)}", file=sys.stderr)
     return 0
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from flant5_lib.vertex import specs as vertex
-    from flant5_lib.vertex import jobs as vertex_jobs
+    from flant5_lib.vertex import jobs, specs
 
     params = _params(args)
     if args.dry_run:
-        vertex.check_params(params, dry_run=True, batch=True)
-        _dry_run_preflight(params)
-        _print_json(vertex.batch_request(params, args.input, args.output, args.model or "<newest model>"))
-        return 0
-    model = _call("vertex batch", vertex_jobs.latest_model, params, args.model)
-    job = _call("vertex batch", vertex_jobs.batch_predict, params, model, args.input, args.output)
+        return _dry_run(params, lambda: specs.batch_request(params, args.input, args.output,
+                                                            args.model or "<newest model>"), ("batch",))
+    model = _call("vertex batch", jobs.latest_model, params, args.model)
+    job = _call("vertex batch", jobs.batch_predict, params, model, args.input, args.output)
     _print_json({"batch_prediction_job": job.resource_name, "state": job.state.name,
                  "output_dir": job.output_info.gcs_output_directory})
     return 0
 
 
 def _artifacts(args: argparse.Namespace) -> int:
-    from flant5_lib.vertex import specs as vertex
-    from flant5_lib.vertex import jobs as vertex_jobs
+    from flant5_lib.vertex import jobs, specs
 
     params = _params(args)
-    uri = args.uri or vertex.model_artifact_uri(params)
+    uri = args.uri or specs.model_artifact_uri(params)
     local = args.local or params.artifacts_local_dir
     if args.dry_run:
-        _dry_run_preflight(params)
         src, dst = (uri, local) if args.direction == "download" else (local, uri)
-        _print_json({"action": f"artifacts {args.direction}", "from": src, "to": dst})
-        return 0
+        return _dry_run(params, {"action": f"artifacts {args.direction}", "from": src, "to": dst})
     if args.direction == "download":
-        path = vertex_jobs.download_artifacts(params, args.uri, args.local)
+        path = jobs.download_artifacts(params, args.uri, args.local)
         _print_json({"downloaded": uri, "to": str(path)})
     else:
-        dest = vertex_jobs.upload_artifacts(params, args.local, args.uri)
+        dest = jobs.upload_artifacts(params, args.local, args.uri)
         _print_json({"uploaded": local, "to": dest})
     return 0
 
 
 def _cleanup(args: argparse.Namespace) -> int:
-    from flant5_lib.vertex import specs as vertex
-    from flant5_lib.vertex import jobs as vertex_jobs
+    from flant5_lib.vertex import jobs, specs
 
     params = _params(args)
     if args.dry_run:
-        vertex.check_params(params, dry_run=True)
-        _dry_run_preflight(params)
-        base = f"{vertex.api_base(params)}/v1/{vertex.parent(params)}"
-        _print_json({"steps": [
+        base = f"{specs.api_base(params)}/v1/{specs.parent(params)}"
+        return _dry_run(params, {"steps": [
             {"method": "GET", "url": f"{base}/endpoints", "query": {"filter": f'display_name="{params.endpoint_display_name}"'}},
             {"method": "POST", "url": f"{base}/endpoints/<each>:undeployModel", "body": {"deployedModelId": "<each>"}},
             {"method": "DELETE", "url": f"{base}/endpoints/<each>"},
             {"method": "GET", "url": f"{base}/models", "query": {"filter": f'display_name="{params.model_display_name}"'}},
             {"method": "DELETE", "url": f"{base}/models/<each>"},
         ]})
-        return 0
-    _print_json(_call("vertex cleanup", vertex_jobs.cleanup, params))
+    _print_json(_call("vertex cleanup", jobs.cleanup, params))
     return 0
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from flant5_lib.vertex import specs as vertex
-    from flant5_lib.vertex import estimate as vertex_estimate
+    from flant5_lib.vertex import estimate, rules
 
-    params = vertex.resolve(_params(args))
-    vertex.check_params(params, dry_run=True, train=True)
-    est = vertex_estimate.estimate(params, vertex_estimate.load_prices(args.prices), args.samples)
-    print(vertex_estimate.format_estimate(est), file=sys.stderr)
+    params = _params(args)
+    rules.check_request(params, roles=("train",), dry_run=True)
+    est = estimate.estimate(params, estimate.load_prices(args.prices), args.samples, args.preemptions_per_hour)
+    print(estimate.format_estimate(est), file=sys.stderr)
     _print_json(est)
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from flant5_lib.search_space import load_space
+    from flant5_lib.vertex import estimate, rules, tune
+
+    params = _params(args)
+    space = load_space(args.space)
+    if args.dry_run:  # the study's own rules stop a dry run too; `_dry_run` adds the rest of the rule set
+        found = rules.tuning_problems(params, space)
+        if found:
+            raise ParamsError(f"preflight found {len(found)} problem(s) ({args.space}):\n"
+                              + "\n".join(f"  {p}" for p in found))
+    else:
+        rules.check_request(params, roles=("train",))
+        tune.require(params, space, args.space)  # before the estimate: a job that cannot run has no price
+    try:
+        est: dict[str, Any] | str = tune.estimate(params, space, estimate.load_prices(args.prices))
+    except CloudError as err:
+        est = f"no estimate: {err}"
+    if args.dry_run:
+        return _dry_run(params, lambda: {**tune.tuning_request(params, space), "estimate": est}, ("train",))
+    print(tune.format_estimate(est) if isinstance(est, dict) else est, file=sys.stderr)
+    try:
+        job = _call("vertex tune", tune.run_tuning, params, space, wait=not args.no_wait)
+    except tune.TuningFailed as failed:
+        print(tune.format_table(tune.summarize(failed.job)), file=sys.stderr)
+        raise
+    summary = tune.summarize(job)
+    print(tune.format_table(summary), file=sys.stderr)
+    _print_json(summary)
+    return 0
+
+
+def _tune_result(args: argparse.Namespace) -> int:
+    from flant5_lib.vertex import rules, tune
+
+    params = _params(args)
+    rules.check_request(params, need=rules.API_SETTINGS)
+    summary = tune.summarize(_call("vertex tune-result", tune.find_job, params, args.job))
+    print(tune.format_table(summary), file=sys.stderr)
+    _print_json(summary)
     return 0
 
 
@@ -410,8 +456,15 @@ def _local_stack(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt  # SIGTERM stops the stand-ins as cleanly as Ctrl-C
 
     signal.signal(signal.SIGTERM, _interrupt)
+    plan = None
+    if args.preempt_after is not None:
+        from flant5_lib.vertex.localstack.preempt import PreemptPlan
+
+        if args.preempt_after < 0 or args.preempt_times < 1 or args.preempt_grace < 0:
+            raise ParamsError("--preempt-after/--preempt-grace: must be >= 0, and --preempt-times >= 1")
+        plan = PreemptPlan(args.preempt_after, args.preempt_times, args.preempt_grace)
     stack = start_local_stack(args.workdir, port=args.port, gcs_port=args.gcs_port, project=args.project,
-                              region=args.region, bucket=args.bucket)
+                              region=args.region, bucket=args.bucket, preempt=plan)
     try:
         if args.state_file:
             stack.write_state(args.state_file)

@@ -61,21 +61,18 @@ class HFBackend:
 
 
 def _merged_adapter(adapter_dir: Path) -> Path:
-    """A full model folder for an adapter-only LoRA export (CTranslate2 converts full models only): merged once and
-    cached, keyed on the adapter's files."""
-    import hashlib
-
+    """A full model folder for an adapter-only LoRA export (CTranslate2 converts full models only): merged once into
+    the serving cache, keyed on the adapter's content (the adapter folder may be read-only)."""
     from flant5_lib.modeling import load_model_and_tokenizer, save_model
+    from flant5_lib.serve.cache import build_once, cache_root, content_hash
 
-    h = hashlib.sha256()
-    for f in sorted(p for p in adapter_dir.iterdir() if p.is_file()):
-        h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
-    out = Path(os.environ.get("FLANT5_CACHE_DIR", Path.home() / ".cache" / "flant5")) / "merged" / f"{adapter_dir.name}-{h.hexdigest()[:16]}"
-    if not (out / "config.json").is_file():
+    def merge(tmp: Path) -> None:
         model, tokenizer = load_model_and_tokenizer(str(adapter_dir), device="cpu")
-        save_model(model, tokenizer, out)
-        log.info("merged the LoRA adapter %s into %s", adapter_dir, out)
-    return out
+        save_model(model, tokenizer, tmp / "model")
+        log.info("merged the LoRA adapter %s", adapter_dir)
+
+    entry = cache_root() / "merged" / content_hash(adapter_dir, ("*",))
+    return build_once(entry, merge, complete="model/config.json") / "model"
 
 
 def load_backend(model_dir: str | os.PathLike[str], params: Params, device: str | None = None) -> Backend:

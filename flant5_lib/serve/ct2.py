@@ -10,7 +10,6 @@ output. Greedy argmax is unchanged by a positive scale, but the probabilities (b
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -19,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from flant5_lib.errors import ModelError
-from flant5_lib.fileio import atomic_path
+from flant5_lib.serve.cache import build_once, cache_root, content_hash
 
 log = logging.getLogger(__name__)
 
-SOURCE_FILE = "flant5_source.json"  # fingerprint of the HF folder a conversion came from
+SOURCE_FILE = "flant5_source.json"  # written last: the HF folder a conversion came from, and its fingerprint
 # CPU: a micro-batch arrives in request order, so one long dialogue pads every other to its length (56% of the
 # encoder's work for 16 SAMSum test dialogues; the encoder is 91% of a 16-token summary's FLOPs). CTranslate2 sorts
 # by length before cutting a batch into sub-batches; 4 beat 1, 2, 8 and whole batches of 16 there.
@@ -31,13 +30,10 @@ CPU_SUB_BATCH = 4
 
 
 def fingerprint(model_dir: Path) -> str:
-    """Changes whenever what is converted changes: the config, the weights or the vocabulary (a SentencePiece
-    `spiece.model` is copied into the conversion too), so a stale conversion is never served."""
-    h = hashlib.sha256()
-    for p in sorted(model_dir.glob("*.json")) + sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.model")):
-        st = p.stat()
-        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
+    """The model's content hash: changes whenever what is converted changes (the config, the weights or the
+    vocabulary: a SentencePiece `spiece.model` is copied into the conversion too), so a stale conversion is never
+    served, and a copy of the same model (new mtimes) reuses its conversion."""
+    return content_hash(model_dir)
 
 
 @contextlib.contextmanager
@@ -63,15 +59,13 @@ def _fixed_t5_loader() -> Iterator[None]:
             ct2t._MODEL_LOADERS[key] = old
 
 
-def _cache_candidates(model_dir: Path, compute_type: str, fingerprint: str) -> list[Path]:
-    """Next to the model when that folder is writable, else the user cache (a read-only baked-in model)."""
-    cache_root = Path(os.environ.get("FLANT5_CACHE_DIR", Path.home() / ".cache" / "flant5")) / "ct2"
-    return [model_dir / f"ct2-{compute_type}", cache_root / f"{model_dir.name}-{fingerprint}-{compute_type}"]
+def convert_model(model_dir: str | os.PathLike[str], compute_type: str = "int8") -> Path:
+    """Convert a HF T5 folder to CTranslate2 (weights quantized to `compute_type`) once; later calls reuse it.
 
-
-def convert_model(model_dir: str | os.PathLike[str], compute_type: str = "int8", *, force: bool = False) -> Path:
-    """Convert a HF T5 folder to CTranslate2 (weights quantized to `compute_type`); reuse a matching cached copy."""
-    from ctranslate2.converters import TransformersConverter
+    The conversion lives in the serving cache, never in the (maybe read-only) model folder, keyed by the model's
+    content, the compute type and the ctranslate2 version (another version converts anew rather than trust old files).
+    """
+    import ctranslate2
 
     src = Path(model_dir)
     if not (src / "config.json").is_file():
@@ -79,25 +73,19 @@ def convert_model(model_dir: str | os.PathLike[str], compute_type: str = "int8",
     if not any(src.glob("*.safetensors")):  # the converter would torch.load a pytorch_model.bin (pickle)
         raise ModelError(f"{src}: no .safetensors weights; only safetensors are loaded (re-save with safe_serialization=True)")
     fp = fingerprint(src)
-    candidates = _cache_candidates(src, compute_type, fp)
-    for out in candidates:
-        marker = out / SOURCE_FILE
-        if not force and marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fp:
-            log.info("CTranslate2 model cached at %s", out)
-            return out
-    quant = None if compute_type == "float32" else compute_type
-    last_err: Exception | None = None
-    for out in candidates:
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(out) as tmp, _fixed_t5_loader():
-                TransformersConverter(str(src)).convert(str(tmp), quantization=quant, force=True)
-                (tmp / SOURCE_FILE).write_text(json.dumps({"source": str(src.resolve()), "fingerprint": fp}))
-            log.info("converted %s to CTranslate2 (%s) in %s", src, compute_type, out)
-            return out
-        except PermissionError as err:  # read-only model folder: fall back to the cache dir
-            last_err = err
-    raise ModelError(f"{src}: no writable place for the CTranslate2 copy ({last_err}); set FLANT5_CACHE_DIR")
+    entry = cache_root() / "ct2" / f"{fp}-{compute_type}-ct2-{ctranslate2.__version__}"
+
+    def convert(tmp: Path) -> None:
+        from ctranslate2.converters import TransformersConverter
+
+        quant = None if compute_type == "float32" else compute_type
+        with _fixed_t5_loader():
+            TransformersConverter(str(src)).convert(str(tmp), quantization=quant, force=True)
+        (tmp / SOURCE_FILE).write_text(json.dumps({"source": str(src.resolve()), "fingerprint": fp,
+                                                   "compute_type": compute_type}))
+        log.info("converted %s to CTranslate2 (%s) in %s", src, compute_type, entry)
+
+    return build_once(entry, convert, complete=SOURCE_FILE)
 
 
 _SAME_NAME_OPTIONS = ("length_penalty", "no_repeat_ngram_size", "repetition_penalty")

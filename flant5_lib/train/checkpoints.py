@@ -178,8 +178,6 @@ def _remote_complete(files: dict[str, int], uri: str, name: str) -> bool:
 
 def download_newest(uri: str, root: Path) -> Path | None:
     """Before training on a fresh VM: fetch the newest complete remote checkpoint if newer than any local one."""
-    from flant5_lib import storage
-
     remote = _remote_checkpoints(uri)
     steps = sorted(((int(_CKPT_RE.match(n).group(1)), n) for n in remote), reverse=True)  # type: ignore[union-attr]
     local = newest_complete(root)

@@ -134,15 +134,21 @@ def _tokenize(dataset: Any, tokenizer: Any, params: Params) -> Any:
     )
 
 
-def _resume_point(params: Params, paths: Any, fingerprint: dict[str, Any], is_main: bool) -> Path | None:
+def _resume_point(params: Params, paths: Any, fingerprint: dict[str, Any], run: dict[str, Any], is_main: bool) -> Path | None:
+    """The newest complete checkpoint, when it belongs to this run (same model, parameters and data); any other is
+    refused with one line (`preemption.check_same_run`) before anything is trained, uploaded or pruned."""
+    from flant5_lib.train.preemption import check_same_run, checkpoint_field
+
     if params.resume == "never":
         if is_main:
             train_ckpt.clear_checkpoints(paths.checkpoint_dir)
         return None
     ckpt = train_ckpt.newest_complete(paths.checkpoint_dir)
     if ckpt is not None:
+        check_same_run(ckpt, run, checkpoint_field(paths)[1])
         train_ckpt.check_compatible(ckpt, fingerprint)
-        log.info("resuming from %s", ckpt)
+        log.warning("resuming automatically from %s (step %s; same parameters and training data)", ckpt,
+                    (train_ckpt.read_marker(ckpt) or {}).get("step"))
     return ckpt
 
 
@@ -167,7 +173,9 @@ def prepare(params: Params, callbacks: list[Any] | None = None) -> Prepared:
 
     from flant5_lib.modeling import load_model_and_tokenizer, resolve_model_path
     from flant5_lib.preprocess import make_collator
+    from flant5_lib.train.preemption import SaveClock, check_writable, run_fingerprint
     from flant5_lib.train.trainer import FlanT5Trainer, GcsSyncCallback, PreemptionCallback
+    from flant5_lib.train import hypertune
 
     device = choose_device(params)  # bad precision/engine combinations fail here, before anything loads
     mode = check_distributed(params)
@@ -179,6 +187,7 @@ def prepare(params: Params, callbacks: list[Any] | None = None) -> Prepared:
 
     with args.main_process_first(local=True, desc="model and checkpoint download"):
         if args.local_process_index == 0:
+            check_writable(paths)  # AIP_CHECKPOINT_DIR / run_dir: one line now, not a lost SIGTERM save later
             paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             train_ckpt.clean_incomplete(paths.checkpoint_dir)
             if paths.checkpoint_uri and params.resume == "auto":
@@ -186,7 +195,8 @@ def prepare(params: Params, callbacks: list[Any] | None = None) -> Prepared:
         model_path = resolve_model_path(params)
     model, tokenizer = load_model_and_tokenizer(model_path, params.tokenizer_name, device="cpu")
     fingerprint = model_fingerprint(model, params)
-    resume_from = _resume_point(params, paths, fingerprint, is_main)
+    run = run_fingerprint(params, train_raw)
+    resume_from = _resume_point(params, paths, fingerprint, run, is_main)
     base_ref = params.model_name if params.model_name.startswith("gs://") or not Path(model_path).exists() else str(Path(model_path).resolve())
     set_seed(params.seed)
     if params.gradient_checkpointing:
@@ -208,15 +218,18 @@ def prepare(params: Params, callbacks: list[Any] | None = None) -> Prepared:
     tb = TensorBoardCallback()
     tb.logging_dir = str(paths.tensorboard_dir)
     preempt = PreemptionCallback(params.save_every_minutes * 60 if params.save_every_minutes else None)
-    all_callbacks = [tb, preempt, *(callbacks or [])]
+    all_callbacks = [tb, preempt, *hypertune.callbacks(), *(callbacks or [])]  # hypertune: only inside a tuning trial
     if paths.checkpoint_uri or paths.tensorboard_uri:
         all_callbacks.append(GcsSyncCallback(paths.checkpoint_dir, paths.checkpoint_uri, paths.tensorboard_dir, paths.tensorboard_uri))
+    clock = SaveClock(preempt)  # last: its on_save runs after the upload, so the duration covers the marker upload
+    all_callbacks.append(clock)
     trainer = FlanT5Trainer(
         model=model, args=args, data_collator=collator, train_dataset=train_ds, eval_dataset=eval_ds,
         processing_class=tokenizer, callbacks=all_callbacks,
-        fingerprint=fingerprint, keep_checkpoints=params.save_total_limit, lengths=lengths, run_params=params,
+        fingerprint={**fingerprint, "run": run}, keep_checkpoints=params.save_total_limit, lengths=lengths, run_params=params,
         rouge_records=rouge_records, precision="bf16" if device.bf16 else "fp32", prior_loss_sum=_prior_loss_sum(resume_from),
     )
+    clock.trainer = trainer
     return Prepared(params, device, mode, paths, trainer, tokenizer, preempt, resume_from, base_ref, len(train_ds),
                     eval_ds is not None)
 
@@ -253,7 +266,7 @@ def eval_history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _select_best(prep: Prepared) -> int:
     """Evaluate the final state if it was not, then load the best checkpoint's weights; returns the published step."""
-    trainer, params = prep.trainer, prep.params
+    trainer = prep.trainer
     state = trainer.state
     if prep.has_eval and not any(e.get("step") == state.global_step and "eval_loss" in e for e in state.log_history):
         trainer._determine_best_metric(trainer.evaluate(), None)  # the final state competes too
@@ -313,11 +326,8 @@ def _write_reports(out: Path, metrics: dict[str, Any], log_history: list[dict[st
     write_json(out / "train_metrics.json", metrics)
     write_json(out / "log_history.json", log_history)
     write_json(out / "eval_history.json", eval_history(log_history))
-    try:
-        from flant5_lib.plots import plot_loss_curves
-    except ImportError:  # plots.py belongs to the evaluation helper; training must not depend on it being there
-        log.warning("flant5_lib.plots not available: loss_curve.png not drawn")
-        return
+    from flant5_lib.plots import plot_loss_curves  # matplotlib is in the [train] extra
+
     plot_loss_curves(log_history, out / "loss_curve.png")
 
 

@@ -237,6 +237,7 @@ class FlanT5Trainer(Seq2SeqTrainer):
         return self._staging_root or super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial):  # type: ignore[override]
+        self.save_started = time.monotonic()  # preemption.SaveClock logs the duration (SIGTERM save: vs the notice window)
         root = Path(self.args.output_dir)
         self._staging_root = str(root / train_ckpt.STAGING)
         try:
@@ -277,6 +278,7 @@ class PreemptionCallback(TrainerCallback):
 
     def __init__(self, save_every_s: float | None = None) -> None:
         self.requested = False
+        self.requested_at: float | None = None
         self.stopped_at: int | None = None
         self._previous: Any = None
         self.save_every_s = save_every_s
@@ -297,6 +299,7 @@ class PreemptionCallback(TrainerCallback):
             os.kill(os.getpid(), signal.SIGTERM)
             return
         self.requested = True
+        self.requested_at = time.monotonic()
         log.warning("SIGTERM received: saving a checkpoint at the end of this step, then stopping")
 
     def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[override]

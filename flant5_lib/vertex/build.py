@@ -11,10 +11,11 @@ from pathlib import Path
 from flant5_lib.config import Params
 from flant5_lib.errors import CloudError
 from flant5_lib.vertex import images
+from flant5_lib.vertex.tables import PROJECT_ROOT
 
 
 def image_uris(params: Params) -> dict[str, str]:
-    """The three images cloudbuild.yaml pushes (one per Dockerfile)."""
+    """The three images cloudbuild.yaml pushes (training/Dockerfile, serving/Dockerfile's cpu and gpu variants)."""
     return {name: images.project_image_uri(params, name)
             for name in (images.TRAIN_IMAGE, images.SERVE_IMAGE, images.SERVE_GPU_IMAGE)}
 
@@ -22,14 +23,14 @@ def image_uris(params: Params) -> dict[str, str]:
 def submit_command(params: Params, config: str = "cloudbuild.yaml") -> list[str]:
     """gcloud builds submit from the repository root (the Dockerfiles need pyproject.toml and flant5_lib/)."""
     subs = f"_REGISTRY={images.registry(params)},_TAG={params.image_tag}"
-    return ["gcloud", "builds", "submit", str(images.PROJECT_ROOT), f"--config={config}",
+    return ["gcloud", "builds", "submit", str(PROJECT_ROOT), f"--config={config}",
             f"--project={params.gcp_project or '<gcp_project>'}", f"--region={params.gcp_region}",
             f"--substitutions={subs}"]
 
 
 def check(params: Params, config: str = "cloudbuild.yaml") -> None:
     """What a build needs before it is submitted."""
-    path = Path(config) if Path(config).is_absolute() else images.PROJECT_ROOT / config
+    path = Path(config) if Path(config).is_absolute() else PROJECT_ROOT / config
     if not path.is_file():
         raise CloudError(f"--config: {path} not found (the repository ships cloudbuild.yaml at its root)")
     if not params.gcp_project or "<" in params.gcp_project or "<" in images.registry(params):

@@ -11,20 +11,23 @@ import os
 from pathlib import Path
 from typing import Any
 
-
 from flant5_lib.config import Params
 from flant5_lib.errors import CloudError
-from flant5_lib.vertex.specs import resolve
+from flant5_lib.vertex import presets
+from flant5_lib.vertex.tables import PROJECT_ROOT, load_table
 
-DEFAULT_PRICES = Path(__file__).resolve().parents[2] / "params" / "prices.yaml"
+DEFAULT_PRICES = PROJECT_ROOT / "params" / "prices.yaml"
 
 
 def load_prices(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    from flant5_lib.vertex.tables import load_table
+    """The price table, with the Spot table beside it (spot-prices.yaml) as `spot_table` when there is one."""
+    from flant5_lib.vertex.spot import load_spot_table
 
-    return load_table(Path(path) if path else DEFAULT_PRICES,
-                      ("prices_read_on", "machine_per_hour", "accelerator_per_hour", "throughput_per_gpu"),
-                      "params/prices.yaml; pass --prices FILE")
+    where = Path(path) if path else DEFAULT_PRICES
+    prices = load_table(where, ("prices_read_on", "machine_per_hour", "accelerator_per_hour", "throughput_per_gpu"),
+                        "params/prices.yaml; pass --prices FILE")
+    prices["spot_table"] = load_spot_table(where)
+    return prices
 
 
 def dataset_size(params: Params, prices: dict[str, Any]) -> int:
@@ -51,9 +54,10 @@ def _model_key(model_name: str, table: dict[str, Any]) -> str | None:
     return None
 
 
-def estimate(params: Params, prices: dict[str, Any], samples: int | None = None) -> dict[str, Any]:
-    """Expected hours and cost of the training job, with the assumptions used."""
-    params = resolve(params)
+def estimate(params: Params, prices: dict[str, Any], samples: int | None = None,
+             preemptions_per_hour: float | None = None) -> dict[str, Any]:
+    """Expected hours and cost of the training job, with the assumptions used; standard against Spot (`vertex.spot`)."""
+    params = presets.resolve(params)
     n = samples if samples is not None else dataset_size(params, prices)
     gpus = params.train_accelerator_count if params.train_accelerator_type else 0
     acc = params.train_accelerator_type if gpus else "cpu"
@@ -77,13 +81,25 @@ def estimate(params: Params, prices: dict[str, Any], samples: int | None = None)
         raise CloudError(f"train_machine_type: {params.train_machine_type!r} has no price in the table; add it")
     gpu_price = prices["accelerator_per_hour"].get(acc, 0.0) if gpus else 0.0
     hourly = (machine + gpu_price * gpus) * params.train_replica_count
-    if params.train_spot:
-        hourly *= float(prices.get("spot_discount", 1.0))
+    from flant5_lib.vertex.spot import compare
+
+    try:
+        spot = compare(params, prices, params.train_machine_type, machine, acc if gpus else None, gpu_price, gpus,
+                       train_h, total_h, preemptions_per_hour)
+    except CloudError:
+        if params.scheduling_strategy == "spot":
+            raise
+        spot = None  # Spot would never finish at that rate; the standard estimate stands alone
+    standard = {"usd_per_hour": round(hourly, 2), "total_hours": round(total_h, 2),
+                "usd": round(math.ceil(total_h * hourly * 100) / 100, 2)}
+    if params.scheduling_strategy == "spot":
+        hourly, total_h = spot["usd_per_hour"], spot["total_hours"]
     return {
         "train_samples": n, "samples_seen": int(seen), "model": model, "accelerator": acc, "workers": workers,
         "samples_per_s": round(speed, 1), "train_hours": round(train_h, 2), "total_hours": round(total_h, 2),
         "usd_per_hour": round(hourly, 2), "usd": round(math.ceil(total_h * hourly * 100) / 100, 2),
-        "spot": params.train_spot, "prices_read_on": prices["prices_read_on"],
+        "spot": params.scheduling_strategy == "spot", "prices_read_on": prices["prices_read_on"],
+        "standard_vs_spot": {"standard": standard, "spot": spot} if spot else None,
         "note": "list prices to check (see params/prices.yaml); throughput is a rough guess",
     }
 
@@ -92,4 +108,16 @@ def format_estimate(e: dict[str, Any]) -> str:
     return (f"estimate: {e['train_samples']} training dialogues, {e['samples_seen']} samples seen at "
             f"~{e['samples_per_s']}/s on {e['workers']} x {e['accelerator']} "
             f"-> ~{e['total_hours']} h (incl. start-up), ~${e['usd']} at ${e['usd_per_hour']}/h"
-            f"{' (spot)' if e['spot'] else ''}; prices read {e['prices_read_on']}: list prices to check")
+            f"{' (spot)' if e['spot'] else ''}; prices read {e['prices_read_on']}: list prices to check"
+            + _format_spot(e))
+
+
+def _format_spot(e: dict[str, Any]) -> str:
+    both = e.get("standard_vs_spot")
+    if not both:
+        return ""
+    st, sp = both["standard"], both["spot"]
+    saved = st["usd"] - sp["usd"]
+    return (f"\n  standard ~${st['usd']} (~{st['total_hours']} h) vs spot ~${sp['usd']} (~{sp['total_hours']} h at "
+            f"{sp['preemptions_per_hour']:g} preemptions/h: +{sp['extra_hours']} h, ~{sp['expected_preemptions']} "
+            f"preemptions; {sp['price_source']}): spot {'saves' if saved >= 0 else 'costs'} ~${abs(saved):.2f}")

@@ -1,8 +1,8 @@
 """Vertex AI actions through the official SDK: train, upload, deploy, predict, batch, cleanup.
 
-Each function checks its inputs (`vertex.check_params`) before the first request and hands the SDK
-the same values `vertex.*_request` prints for `--dry-run`. SDK errors are left as they are (notebooks
-and tests see the SDK's own exceptions); the CLI turns them into one line with `explain_api_error`.
+Each function checks its inputs (`rules.check_request`, and `rules.require` before anything is paid for) before the
+first request and hands the SDK the same values `specs.*_request` prints for `--dry-run`. SDK errors are left as
+they are (notebooks and tests see the SDK's own exceptions); the CLI turns them into one line (`explain_api_error`).
 """
 
 from __future__ import annotations
@@ -13,16 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from flant5_lib import storage
-from flant5_lib.vertex import images
-from flant5_lib.vertex import specs as vertex
-from flant5_lib.vertex.preflight import require as require_preflight
-from flant5_lib.vertex.preflight import serving_hardware_problem
 from flant5_lib.config import Params, save_params
 from flant5_lib.errors import CloudError
+from flant5_lib.vertex import images, presets, rules, specs
 
 log = logging.getLogger(__name__)
-
-_NEED = ("gcp_project", "gcp_region", "staging_bucket")
 
 
 def init_sdk(params: Params) -> Any:
@@ -41,33 +36,34 @@ def init_sdk(params: Params) -> Any:
     return aiplatform
 
 
-def _spot_strategy(params: Params) -> Any:
-    if not params.train_spot:
+def scheduling_strategy(params: Params) -> Any:
+    """The SDK's Scheduling.Strategy for `scheduling_strategy` (None for standard: the request stays as before)."""
+    if params.scheduling_strategy == "standard":
         return None
     from google.cloud.aiplatform.compat.types import custom_job as gca_custom_job
 
-    return gca_custom_job.Scheduling.Strategy.SPOT
+    return gca_custom_job.Scheduling.Strategy[params.scheduling_strategy.upper()]
 
 
 def stage_inputs(params: Params) -> dict[str, str]:
     """Upload the resolved params YAML (and, for script jobs, the project's source archive) to the staging bucket."""
-    out = {"params": vertex.params_uri(params)}
+    out = {"params": specs.params_uri(params)}
     with tempfile.TemporaryDirectory() as tmp:
         local = save_params(params, Path(tmp) / "params.yaml")
         storage.upload_file(local, out["params"])
         if params.train_job_kind == "script":
-            name, data = vertex.build_project_archive()
+            name, data = specs.build_project_archive()
             (Path(tmp) / name).write_bytes(data)
-            out["project_package"] = vertex.package_uri(params, name)
+            out["project_package"] = specs.package_uri(params, name)
             storage.upload_file(Path(tmp) / name, out["project_package"])
     return out
 
 
 def run_training(params: Params, *, wait: bool = True) -> tuple[Any, Any]:
     """Launch the training job; returns (job, registered Model or None). `wait=False` returns once it is created."""
-    params = vertex.resolve(params)
-    vertex.check_params(params, need=_NEED, train=True)
-    require_preflight(params)
+    params = presets.resolve(params)
+    rules.check_request(params, roles=("train",))
+    rules.require(params)
     aiplatform = init_sdk(params)
     staged = stage_inputs(params)
     serving: dict[str, Any] = {}
@@ -76,11 +72,11 @@ def run_training(params: Params, *, wait: bool = True) -> tuple[Any, Any]:
                    "model_serving_container_predict_route": params.serving_predict_route,
                    "model_serving_container_health_route": params.serving_health_route,
                    "model_serving_container_ports": [params.serving_port]}
-    args = vertex.task_args(params, project_package=staged.get("project_package"))
+    args = specs.task_args(params, project_package=staged.get("project_package"))
     if params.train_job_kind == "script":
         job = aiplatform.CustomTrainingJob(
-            display_name=params.train_display_name, script_path=str(Path(vertex.__file__).with_name("task.py")),
-            container_uri=images.train_image(params), requirements=vertex.project_requirements(params),
+            display_name=params.train_display_name, script_path=str(Path(specs.__file__).with_name("task.py")),
+            container_uri=images.train_image(params), requirements=images.script_requirements(params),
             staging_bucket=params.staging_bucket, **serving)
     else:
         job = aiplatform.CustomContainerTrainingJob(  # no command: the image's ENTRYPOINT runs the task
@@ -92,17 +88,17 @@ def run_training(params: Params, *, wait: bool = True) -> tuple[Any, Any]:
     launch = job.run if wait else job.submit  # submit: created, not awaited (the CLI can exit at once)
     model = launch(
         args=args, replica_count=params.train_replica_count, machine_type=params.train_machine_type, **accel,
-        base_output_dir=vertex.train_output_dir(params), service_account=params.service_account,
+        base_output_dir=specs.train_output_dir(params), service_account=params.service_account,
         tensorboard=params.tensorboard_resource, model_display_name=params.model_display_name if serving else None,
-        scheduling_strategy=_spot_strategy(params), restart_job_on_worker_restart=False)
+        scheduling_strategy=scheduling_strategy(params), restart_job_on_worker_restart=False)
     return job, model if wait else None
 
 
 def upload_model(params: Params, artifact_uri: str | None = None) -> Any:
     """Register a model folder in gs:// with the project's serving container."""
-    vertex.check_params(params, need=_NEED)
-    require_preflight(params)
-    uri = artifact_uri or vertex.model_artifact_uri(params)
+    rules.check_request(params)
+    rules.require(params)
+    uri = artifact_uri or specs.model_artifact_uri(params)
     if not storage.is_gcs(uri):
         raise CloudError(f"model_artifact_uri: {uri!r} must be a gs://BUCKET/PATH folder holding the model")
     aiplatform = init_sdk(params)
@@ -149,9 +145,9 @@ def get_endpoint(params: Params, endpoint_name: str | None = None) -> Any:
 
 def deploy_model(params: Params, model: Any) -> Any:
     """Deploy to the endpoint named endpoint_display_name (created if missing); returns the Endpoint."""
-    vertex.check_params(params, need=_NEED, deploy=True)
+    rules.check_request(params, roles=("deploy",))
     image = model.gca_resource.container_spec.image_uri  # the image the model was uploaded with
-    problem = serving_hardware_problem(image, params.deploy_accelerator_type, params.deploy_machine_type)
+    problem = rules.serving_hardware_problem(image, params.deploy_accelerator_type, params.deploy_machine_type)
     if problem:
         raise CloudError(f"{model.resource_name}: {problem}")
     aiplatform = init_sdk(params)
@@ -165,7 +161,7 @@ def deploy_model(params: Params, model: Any) -> Any:
         model=model, deployed_model_display_name=params.model_display_name, machine_type=params.deploy_machine_type,
         min_replica_count=params.deploy_min_replicas, max_replica_count=params.deploy_max_replicas, **accel,
         traffic_percentage=params.deploy_traffic_percentage, service_account=params.service_account,
-        deploy_request_timeout=params.vertex_request_timeout_s, sync=True)
+        deploy_request_timeout=params.vertex_request_timeout_s, spot=params.deploy_spot, sync=True)
     return endpoint
 
 
@@ -179,7 +175,7 @@ def predict(params: Params, endpoint: Any, dialogues: list[str]) -> list[Any]:
 
 def batch_predict(params: Params, model: Any, input_uri: str, output_uri: str, *, sync: bool = True) -> Any:
     """A BatchPredictionJob over a gs:// JSONL file of {"dialogue": ...} lines, same serving container."""
-    vertex.check_params(params, need=_NEED, batch=True)
+    rules.check_request(params, roles=("batch",))
     for name, uri in (("--input", input_uri), ("--output", output_uri)):
         if not storage.is_gcs(uri):
             raise CloudError(f"{name}: {uri!r} must be a gs:// URI")
@@ -196,7 +192,7 @@ def batch_predict(params: Params, model: Any, input_uri: str, output_uri: str, *
 
 def cleanup(params: Params) -> dict[str, list[str]]:
     """Undeploy and delete the named endpoints, then delete the named models; running it twice is harmless."""
-    vertex.check_params(params, need=_NEED[:2])
+    rules.check_request(params, need=rules.API_SETTINGS)
     done: dict[str, list[str]] = {"endpoints": [], "models": []}
     for endpoint in find_endpoints(params):
         endpoint.undeploy_all(sync=True)
@@ -211,14 +207,14 @@ def cleanup(params: Params) -> dict[str, list[str]]:
 
 def download_artifacts(params: Params, uri: str | None = None, local: str | None = None) -> Path:
     """Fetch a trained model from gs:// into the serving folder (serving/model by default)."""
-    src = uri or vertex.model_artifact_uri(params)
+    src = uri or specs.model_artifact_uri(params)
     if "<" in src:
         raise CloudError("model_artifact_uri: unknown; pass --uri gs://... or set staging_bucket/train_output_dir")
     return storage.download_dir(src, local or params.artifacts_local_dir)
 
 
 def upload_artifacts(params: Params, local: str | None = None, uri: str | None = None) -> str:
-    dest = uri or vertex.model_artifact_uri(params)
+    dest = uri or specs.model_artifact_uri(params)
     if "<" in dest:
         raise CloudError("model_artifact_uri: unknown; pass --uri gs://... or set staging_bucket/train_output_dir")
     return storage.upload_dir(local or params.artifacts_local_dir, dest)

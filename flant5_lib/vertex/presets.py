@@ -1,14 +1,22 @@
-"""Machine presets and the machine/accelerator table that checks a job before any request is sent.
+"""Training presets and the hardware rules: which machine takes which GPUs, and which region offers them.
 
 Vertex answers an impossible machine/GPU pair only after the job was queued (minutes later); checking
-here turns that into one line at once. The table covers the machine families used for Flan-T5.
+here turns that into one line at once. The table covers the machine families used for Flan-T5. The rule set
+(`rules`) and the stand-in (`localstack.checks`) both ask these functions, so they refuse the same hardware.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
+from flant5_lib.config import Params
 from flant5_lib.errors import CloudError
+from flant5_lib.vertex.tables import PROJECT_ROOT, load_table
+
+ACCELERATOR_TABLE = PROJECT_ROOT / "params" / "tables" / "accelerators.yaml"
 
 # machine family prefix -> (accelerator type, {machine type: GPU count}). CPU machines have no accelerator.
 _GPU_MACHINES: dict[str, tuple[str, dict[str, int]]] = {
@@ -52,10 +60,32 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def preset_problem(params: Params) -> str | None:
+    """One line when `train_preset` names no preset; None when it is unset or known."""
+    name = params.train_preset
+    if name and name not in PRESETS:
+        return f"train_preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)} (`flant5 vertex presets`)"
+    return None
+
+
+def resolve(params: Params) -> Params:
+    """The params with `train_preset` applied: the preset wins over the single machine fields. The one place a
+    preset becomes machine fields; idempotent, so every builder of a training job may apply it (one-line error for
+    an unknown preset)."""
+    problem = preset_problem(params)
+    if problem:
+        raise CloudError(problem)
+    if not params.train_preset:
+        return params
+    p = PRESETS[params.train_preset]
+    return params.with_overrides(train_machine_type=p.machine_type, train_accelerator_type=p.accelerator_type,
+                                 train_accelerator_count=p.accelerator_count, train_replica_count=p.replica_count)
+
+
 def machine_problem(machine_type: str, accelerator_type: str | None, accelerator_count: int, field: str = "train") -> str | None:
     """One line naming the fields when the machine/accelerator pair or the count is impossible; None when valid.
 
-    The same rule answers preflight, the `check_machine` guard and the local stand-in (400 INVALID_ARGUMENT)."""
+    The same rule answers the rule set (`rules`) and the local stand-in (400 INVALID_ARGUMENT)."""
     acc = accelerator_type or ""
     where = f"{field}_machine_type/{field}_accelerator_type/{field}_accelerator_count"
     for family, (gpu, sizes) in _GPU_MACHINES.items():
@@ -85,21 +115,18 @@ def machine_problem(machine_type: str, accelerator_type: str | None, accelerator
     return f"{field}_machine_type: unknown machine type {machine_type!r}; known families: {families}"
 
 
-def check_machine(machine_type: str, accelerator_type: str | None, accelerator_count: int, field: str = "train") -> None:
-    """Raise one CloudError naming the fields when the pair or the count is impossible."""
-    problem = machine_problem(machine_type, accelerator_type, accelerator_count, field)
-    if problem:
-        raise CloudError(problem)
+@lru_cache(maxsize=2)
+def load_accelerators(path: str | None = None) -> dict[str, Any]:
+    """params/tables/accelerators.yaml: the GPU types each region offers (read on the date the file states)."""
+    return load_table(Path(path) if path else ACCELERATOR_TABLE, ("regions", "accelerator_types"),
+                      "params/tables/accelerators.yaml")
 
 
-def apply_preset(name: str) -> dict[str, object]:
-    """Params overrides of one preset (raises a one-line error for an unknown name)."""
-    if name not in PRESETS:
-        raise CloudError(f"train_preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)} (`flant5 vertex presets`)")
-    p = PRESETS[name]
-    return {
-        "train_machine_type": p.machine_type,
-        "train_accelerator_type": p.accelerator_type,
-        "train_accelerator_count": p.accelerator_count,
-        "train_replica_count": p.replica_count,
-    }
+def offered_in(accelerator_type: str, region: str) -> bool | None:
+    """Whether `region` offers this GPU type; None when the table has no row for the region (so it is not checked)."""
+    regions: dict[str, list[str]] = load_accelerators()["regions"] or {}
+    return accelerator_type in regions[region] if region in regions else None
+
+
+def regions_offering(accelerator_type: str) -> list[str]:
+    return [r for r, accs in (load_accelerators()["regions"] or {}).items() if accelerator_type in accs]

@@ -1,9 +1,8 @@
-"""Vertex AI requests built from `Params`: checks, resource paths and the exact REST bodies.
+"""Vertex AI requests built from `Params`: resource paths, where inputs are staged, and the exact REST bodies.
 
 Every `flant5 vertex` command first builds its request here. `--dry-run` prints it; the real run
-hands the same values to the Vertex SDK (`vertex_jobs`), and tests compare what the SDK sent to the
-local stand-in with these bodies. Checks run before any request, so a missing project, an impossible
-machine/GPU pair or a bucket that is not gs:// is one line at once, not a failed job minutes later.
+hands the same values to the Vertex SDK (`jobs`), and tests compare what the SDK sent to the
+local stand-in with these bodies. The checks that run before any request live in `rules`.
 """
 
 from __future__ import annotations
@@ -17,55 +16,21 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from flant5_lib import storage
 from flant5_lib.config import Params
 from flant5_lib.errors import CloudError
-from flant5_lib.vertex import images
-from flant5_lib.vertex.presets import apply_preset, check_machine
+from flant5_lib.vertex import images, presets
+from flant5_lib.vertex.tables import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
 TASK_MODULE = "flant5_lib.vertex.task"
 CUSTOM_TASK_SCHEMA = "gs://google-cloud-aiplatform/schema/trainingjob/definition/custom_task_1.0.0.yaml"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _DIST_NAME = "flant5-lib"
 
 
 def placeholder(value: Any, name: str) -> Any:
     """The value, or '<name>' when unset: dry runs show what a real run still needs."""
     return f"<{name}>" if value in (None, "") else value
-
-
-def resolve(params: Params) -> Params:
-    """Apply `train_preset` (the preset wins over the single machine fields)."""
-    if params.train_preset:
-        return params.with_overrides(**apply_preset(params.train_preset))
-    return params
-
-
-def check_params(params: Params, *, need: tuple[str, ...] = ("gcp_project", "gcp_region", "staging_bucket"),
-                 dry_run: bool = False, train: bool = False, deploy: bool = False, batch: bool = False) -> None:
-    """Raise one CloudError before any request: missing settings, bad bucket, impossible hardware."""
-    if train:
-        check_machine(params.train_machine_type, params.train_accelerator_type, params.train_accelerator_count, "train")
-    if deploy:
-        check_machine(params.deploy_machine_type, params.deploy_accelerator_type, params.deploy_accelerator_count, "deploy")
-    if batch:
-        check_machine(params.batch_machine_type, params.batch_accelerator_type, params.batch_accelerator_count, "batch")
-    for name in ("staging_bucket", "train_output_dir", "model_artifact_uri"):
-        value = getattr(params, name)
-        if value and not storage.is_gcs(value):
-            raise CloudError(f"{name}: {value!r} must be a gs://BUCKET/PATH URI")
-    if dry_run:
-        return
-    missing = [n for n in need if getattr(params, n) in (None, "") or "<" in str(getattr(params, n))]  # '<...>' = template
-    if missing:
-        hint = ("start `flant5 vertex local-stack` and pass --local-stack STATE.json" if params.vertex_mode == "local"
-                else "set them in your params file or with --set")
-        raise CloudError(f"{', '.join(missing)}: required for Vertex AI commands (unset, or still a <...> template); {hint}")
-    if params.vertex_mode == "local" and not params.vertex_api_endpoint:
-        raise CloudError("vertex_api_endpoint: vertex_mode is 'local' but no stand-in endpoint is set; "
-                         "start `flant5 vertex local-stack` (or set vertex_mode: cloud)")
 
 
 def parent(params: Params) -> str:
@@ -93,7 +58,8 @@ def model_artifact_uri(params: Params) -> str:
 
 
 def params_uri(params: Params) -> str:
-    return f"{staging_root(params)}/flant5/params/{params.train_display_name}.yaml"
+    """Where the job reads its resolved params: under the staging bucket, which is already the project's prefix."""
+    return f"{staging_root(params)}/params/{params.train_display_name}.yaml"
 
 
 def container_spec(params: Params) -> dict[str, Any]:
@@ -114,13 +80,6 @@ def machine_spec(machine: str, accelerator: str | None, count: int) -> dict[str,
 
 
 # --- the project's source package (for 'script' jobs on a prebuilt image) -------------------------
-
-
-def project_requirements(params: Params) -> list[str]:
-    """The pip requirements of a 'script' job (torch included: see `preflight.script_requirements`)."""
-    from flant5_lib.vertex.preflight import script_requirements
-
-    return script_requirements(params)
 
 
 def build_project_archive(root: Path = PROJECT_ROOT) -> tuple[str, bytes]:
@@ -161,7 +120,7 @@ def _has_dist() -> bool:
 
 
 def package_uri(params: Params, archive_name: str) -> str:
-    return f"{staging_root(params)}/flant5/packages/{archive_name}"
+    return f"{staging_root(params)}/packages/{archive_name}"
 
 
 # --- request bodies ---------------------------------------------------------------------------------
@@ -177,7 +136,7 @@ def task_args(params: Params, *, project_package: str | None) -> list[str]:
 
 def training_request(params: Params, *, script_package: str = "<script package uploaded by the SDK>") -> dict[str, Any]:
     """The trainingPipelines.create call (body fields as the SDK sends them)."""
-    params = resolve(params)
+    params = presets.resolve(params)
     archive = build_project_archive()[0] if params.train_job_kind == "script" else None
     project_package = package_uri(params, archive) if archive else None
     args = task_args(params, project_package=project_package)
@@ -205,8 +164,8 @@ def training_request(params: Params, *, script_package: str = "<script package u
         inputs["service_account"] = placeholder(params.service_account, "service_account")
     if params.tensorboard_resource:
         inputs["tensorboard"] = params.tensorboard_resource
-    if params.train_spot:
-        inputs["scheduling"] = {"strategy": "SPOT"}
+    if params.scheduling_strategy != "standard":
+        inputs["scheduling"] = {"strategy": params.scheduling_strategy.upper()}
     body: dict[str, Any] = {"displayName": params.train_display_name,
                             "trainingTaskDefinition": CUSTOM_TASK_SCHEMA, "trainingTaskInputs": inputs}
     if params.serving_container_uri:  # set explicitly: job.run registers the model, as the sample does
@@ -215,7 +174,7 @@ def training_request(params: Params, *, script_package: str = "<script package u
     uploads = {"params": params_uri(params)}
     if project_package:
         uploads["project_package"] = project_package
-        uploads["requirements"] = project_requirements(params)  # type: ignore[assignment]
+        uploads["requirements"] = images.script_requirements(params)  # type: ignore[assignment]
     return {"method": "POST", "url": f"{api_base(params)}/v1/{parent(params)}/trainingPipelines",
             "uploads_first": uploads, "body": body}
 
@@ -234,6 +193,8 @@ def deploy_request(params: Params, endpoint: str = "<endpoint id>", model: str =
         "dedicatedResources": {"machineSpec": spec, "minReplicaCount": params.deploy_min_replicas,
                                "maxReplicaCount": params.deploy_max_replicas},
     }
+    if params.deploy_spot:  # Endpoint.deploy(spot=True): DedicatedResources.spot
+        deployed["dedicatedResources"]["spot"] = True
     if params.service_account:
         deployed["serviceAccount"] = params.service_account
     ep = endpoint if endpoint.startswith("projects/") else f"{parent(params)}/endpoints/{endpoint}"

@@ -1,4 +1,5 @@
-"""The data tables shipped under params/ (prices, known images): one reader that names a missing file or key."""
+"""The data tables shipped under params/ (prices, known images, GPUs per region): one reader that names a missing
+file or key, and the one place that knows where the checkout (and so params/) is."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 import yaml
 
 from flant5_lib.errors import CloudError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: params/, the Dockerfiles, pyproject.toml
 
 
 def load_table(path: Path, required: tuple[str, ...], shipped_as: str) -> dict[str, Any]:

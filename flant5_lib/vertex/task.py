@@ -1,5 +1,8 @@
 """The script a Vertex AI training job runs: install the project if needed, then call `flant5_lib.train`.
 
+In a hyperparameter tuning trial, the `--name=value` arguments Vertex appends become `--set name=value`
+(`trial_args`); the trainer itself reports each validation score to the tuning service (`flant5_lib.train.hypertune`).
+
 Kept free of project imports at module level because on a prebuilt PyTorch image it starts before
 the project is installed. With more than one GPU or replica it re-launches the entry point under
 `torchrun`, taking the rendezvous address from the variables Vertex sets (MASTER_ADDR/MASTER_PORT/
@@ -55,6 +58,25 @@ def build_command(train_args: list[str], nproc_per_node: int, nnodes: int) -> li
             "-m", "flant5_lib.train", *train_args]
 
 
+def trial_args(train_args: list[str]) -> list[str]:
+    """The entry point's arguments with a tuning trial's hyperparameters as `--set` overrides.
+
+    Vertex AI appends each trial's values as `--name=value` after the job's own arguments (`--params gs://...`);
+    `flant5_lib.train` takes them as `--set name=value`, so the Params model validates each one (an unknown name is
+    one error line naming it). Outside a tuning job there are none and the arguments pass unchanged."""
+    out: list[str] = []
+    for arg in train_args:
+        name, eq, value = arg[2:].partition("=")
+        if arg.startswith("--") and eq and name not in _TRAIN_OPTIONS:
+            out += ["--set", f"{name.replace('-', '_')}={value}"]
+        else:
+            out.append(arg)
+    return out
+
+
+_TRAIN_OPTIONS = ("params", "set")  # the options of `python -m flant5_lib.train` itself
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Vertex AI training task for flant5_lib.")
     parser.add_argument("--project-package", help="gs:// source archive of the project, installed when not importable")
@@ -74,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("FLANT5_VERTEX_LOCAL") and (nproc > 1 or nnodes > 1):
         log.info("local stand-in: one CPU machine, so %d x %d workers run as one process", nnodes, nproc)
         nproc, nnodes = 1, 1
-    cmd = build_command(train_args, nproc, nnodes)
+    cmd = build_command(trial_args(train_args), nproc, nnodes)
     log.info("running: %s", " ".join(cmd))
     sys.stdout.flush()
     sys.stderr.flush()

@@ -22,6 +22,17 @@ _NAMES = {
     "local_server": "flant5_lib.workbench.notebook",
     "ensure_endpoint": "flant5_lib.workbench.notebook",
     "rest_predict": "flant5_lib.workbench.notebook",
+    "check_explore": "flant5_lib.workbench.checks",
+    "check_training": "flant5_lib.workbench.checks",
+    "check_vertex_training": "flant5_lib.workbench.checks",
+    "check_evaluation": "flant5_lib.workbench.checks",
+    "check_deployment": "flant5_lib.workbench.checks",
+    "check_online_predictions": "flant5_lib.workbench.checks",
+    "compare_runs": "flant5_lib.workbench.compare_page",
+    "compare_lines": "flant5_lib.workbench.compare_page:summary_lines",
+    "resolve_systems": "flant5_lib.workbench.compare_page",
+    "difference_table": "flant5_lib.workbench.compare_page",
+    "disagreement_table": "flant5_lib.workbench.compare_page",
 }
 __all__ = sorted(_NAMES)
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES)

@@ -243,9 +243,9 @@ def connect_vertex(params: Params) -> VertexSession:
     """Cloud: check the settings. Local: attach to the running stand-in, or start one for this notebook."""
     params = absolute_run_dir(params)
     if params.vertex_mode == "cloud":
-        from flant5_lib.vertex import specs as vertex
+        from flant5_lib.vertex import rules
 
-        vertex.check_params(vertex.resolve(params))
+        rules.check_request(params)
         return VertexSession(params)
     from flant5_lib.vertex.localstack import attach
 
@@ -275,17 +275,16 @@ def fetch_model_artifacts(params: Params, local_dir: str | os.PathLike[str] | No
     """(local folder, gs:// URI) of the trained model: the training job's output when there is one, else the
     locally fine-tuned <run_dir>/model uploaded to where the job would have written it."""
     from flant5_lib import storage
-    from flant5_lib.vertex import specs as vertex
-    from flant5_lib.vertex import jobs as vertex_jobs
+    from flant5_lib.vertex import jobs, specs
 
-    uri = vertex.model_artifact_uri(params)
+    uri = specs.model_artifact_uri(params)
     local = Path(local_dir or Path(params.run_dir) / "vertex" / "model")
     if storage.list_blobs(uri):
-        return vertex_jobs.download_artifacts(params, uri, str(local)), uri
+        return jobs.download_artifacts(params, uri, str(local)), uri
     own = Path(params.run_dir) / "model"
     if (own / "config.json").is_file():
         log.info("no model at %s: uploading %s there", uri, own)
-        vertex_jobs.upload_artifacts(params, str(own), uri)
+        jobs.upload_artifacts(params, str(own), uri)
         return own, uri
     raise CloudError(f"{uri}: no trained model there, nor in {own}; run notebook 02 (or 01) first")
 

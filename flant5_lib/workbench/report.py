@@ -85,7 +85,7 @@ def _ordered(metrics: Mapping[str, Any]) -> list[str]:
 
 
 def collect_metrics(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """{system: metrics} from eval/*/metrics.json (the eval helper's reader); {} when nothing was evaluated."""
+    """{system: metrics} from eval/*/metrics.json (read by `evaluate.load_metrics`); {} when nothing was evaluated."""
     from flant5_lib.errors import UserError
     from flant5_lib.evaluate import load_metrics
 
@@ -410,38 +410,3 @@ def summary_lines(run_dir: str | os.PathLike[str], keys: Sequence[str] = ("rouge
     for n in _ordered(metrics):
         lines.append(f"{n:<12}" + "".join(f"{float(metrics[n].get(k) or 0):>10.2f}" for k in keys))
     return lines
-
-
-# --- README parameters reference ------------------------------------------------------------------------
-
-README_START = "<!-- params-reference:start (generated: python -c 'from flant5_lib.workbench.report import update_readme; update_readme()') -->"
-README_END = "<!-- params-reference:end -->"
-
-
-def params_reference_markdown() -> str:
-    """Every Params field as a Markdown table row: name, type, default, help (`flant5 params list` in a table)."""
-    from flant5_lib.config import describe_fields
-
-    def cell(x: Any) -> str:
-        return str(x).replace("|", "\\|").replace("\n", " ")
-
-    rows = ["| field | type | default | what it does |", "|---|---|---|---|"]
-    for name, ann, default, help_ in describe_fields():
-        rows.append(f"| `{name}` | {cell(ann)} | `{cell(repr(default))}` | {cell(help_)} |")
-    return "\n".join(rows)
-
-
-def update_readme(path: str | os.PathLike[str] = "README.md") -> bool:
-    """Regenerate the parameters table between the README's markers; True when it changed."""
-    from flant5_lib.fileio import write_text
-
-    p = Path(path)
-    text = p.read_text(encoding="utf-8")
-    head, sep, rest = text.partition(README_START)
-    _, sep2, tail = rest.partition(README_END)
-    if not sep or not sep2:
-        raise ValueError(f"{p}: parameter-reference markers not found")
-    new = f"{head}{README_START}\n{params_reference_markdown()}\n{README_END}{tail}"
-    if new != text:
-        write_text(p, new)
-    return new != text

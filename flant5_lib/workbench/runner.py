@@ -1,8 +1,9 @@
 """Run the numbered notebooks in order with papermill, into one run folder, then write its index page.
 
 Everything that can be checked is checked before the first notebook starts (params, the notebooks
-asked for, their `parameters` cells, values the chosen mode needs), so a typo costs seconds, not a
-training run. papermill is imported inside functions: `flant5_lib` never needs it at import time.
+asked for, their `parameters` cells, values the chosen mode needs, a run folder that already holds a run),
+so a typo costs seconds, not a training run. papermill is imported inside functions: `flant5_lib` never
+needs it at import time.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from flant5_lib.config import Params, load_params, read_params_file, save_params
+from flant5_lib.config import Params, build_params, read_params_file, save_params
 from flant5_lib.errors import Flant5Error, ParamsError, UserError
-from flant5_lib.workbench.preflight import VERTEX_NOTEBOOKS, preflight
+from flant5_lib.workbench.inputs import VERTEX_NOTEBOOKS, check_inputs
 
 log = logging.getLogger(__name__)
 
 NOTEBOOK_RE = re.compile(r"^(\d\d)_[\w-]+\.ipynb$")
 KERNEL_NAME = "flant5"
+RUN_FILE = "run.json"  # written first into every run folder: what marks a folder `flant5 run` made
+Existing = Literal["stop", "resume", "fresh"]  # what to do with a run folder that already holds files
 _PYTHON_NAMES = {"python", f"python{sys.version_info[0]}", f"python{sys.version_info[0]}.{sys.version_info[1]}"}
 
 
@@ -142,6 +145,51 @@ def resolve_run_dir(params_file: str | None, file_values: dict[str, Any], out: s
     return (Path("runs") / (Path(params_file).stem if params_file else "latest")).resolve()
 
 
+def _earlier_run(run_dir: Path) -> str:
+    """' (ok, notebooks 00-05, started ...)' from the folder's run.json; '' when it has none or cannot be read."""
+    import json
+
+    try:
+        info = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+        numbers = [n["number"] for n in info["notebooks"]]
+        return f" ({info['status']}, notebooks {numbers[0]}-{numbers[-1]}, started {info['started_at']})"
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return ""
+
+
+def check_run_folder(run_dir: Path, existing: Existing, keep: Sequence[Path] = ()) -> None:
+    """A run folder that already holds files stops the run, unless `existing` says what to do with it: 'resume' runs
+    into it again (its model and checkpoints are picked up, as a rerun always did), 'fresh' clears it first.
+
+    'fresh' clears only a folder `flant5 run` made (it holds run.json), never the working directory or a folder
+    holding `keep` (the notebooks and the params file this run reads): `--out .` must not delete a checkout."""
+    if existing == "resume" or not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    if existing == "stop":
+        raise UserError(f"{run_dir}: already holds a run{_earlier_run(run_dir) or ' (files from an earlier run)'}; "
+                        "pass --resume to run into it again (its model and checkpoints are reused) or --fresh to "
+                        "clear it first")
+    if not (run_dir / RUN_FILE).is_file():
+        raise UserError(f"--fresh: {run_dir} has no {RUN_FILE}, so `flant5 run` did not make it and it is left "
+                        "alone; remove it yourself, pick another --out, or pass --resume")
+    for path in (Path.cwd(), *keep):
+        if path.resolve().is_relative_to(run_dir):
+            raise UserError(f"--fresh: {run_dir} holds {path}, which this run needs; pick another --out")
+
+
+def clear_run_folder(run_dir: Path) -> None:
+    """Move the folder aside, then delete it: a clear that fails half-way leaves no half-cleared run folder behind."""
+    if not run_dir.exists():
+        return
+    aside = run_dir.with_name(f".{run_dir.name}.cleared-{os.getpid()}")
+    run_dir.rename(aside)
+    try:
+        shutil.rmtree(aside)
+    except OSError as err:
+        log.warning("%s: could not delete the cleared run folder (%s); remove it yourself", aside, err)
+    log.info("cleared %s (--fresh)", run_dir)
+
+
 @dataclass
 class Plan:
     params: Params
@@ -151,6 +199,7 @@ class Plan:
     nb_params: dict[str, dict[str, Any]]
     params_file: str | None = None
     notebook_overrides: dict[str, Any] = field(default_factory=dict)  # --set of notebook-only knobs (n_examples...)
+    fresh: bool = False  # clear the run folder before the first notebook (--fresh)
 
 
 _TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str}
@@ -182,25 +231,32 @@ def plan_run(
     out: str | None = None,
     only: Sequence[str] | None = None,
     notebooks_dir: str | os.PathLike[str] | None = None,
+    existing: Existing = "stop",
 ) -> Plan:
-    """Validate everything before anything runs; every problem is a one-line `UserError`."""
+    """Validate everything before anything runs; every problem is a one-line `UserError`. Reads the params file
+    once; `existing` says what to do with a run folder that already holds files (see `check_run_folder`)."""
     file_values = read_params_file(params_file) if params_file else {}
+    source = params_file or "params"
     run_dir = resolve_run_dir(params_file, file_values, out)
-    notebooks = select_notebooks(discover_notebooks(notebooks_dir or default_notebooks_dir()), only)
-    # The preflight first, on the Params fields alone: it imports nothing heavy, so a mistake costs seconds
+    folder = Path(notebooks_dir or default_notebooks_dir())
+    notebooks = select_notebooks(discover_notebooks(folder), only)
+    overrides = overrides or {}
+    # The input checks first, on the Params fields alone: they import nothing heavy, so a mistake costs seconds
     # (reading notebooks imports nbformat, whose jsonschema dependency alone takes 1-4 s to import).
-    fields = {k: v for k, v in (overrides or {}).items() if k in Params.model_fields}
-    params = load_params(params_file, {**fields, "run_dir": str(run_dir)})
-    preflight(params, [NOTEBOOK_RE.match(nb.name).group(1) for nb in notebooks], run_dir, params_file or "params")  # type: ignore[union-attr]
+    fields = {k: v for k, v in overrides.items() if k in Params.model_fields}
+    params = build_params({**file_values, **fields, "run_dir": str(run_dir)}, source=source)
+    check_run_folder(run_dir, existing, keep=[folder, *([Path(params_file)] if params_file else [])])
+    numbers = [NOTEBOOK_RE.match(nb.name).group(1) for nb in notebooks]  # type: ignore[union-attr]
+    check_inputs(params, numbers, run_dir, source, fresh=existing == "fresh")
     nb_params = {nb.name: notebook_parameters(nb) for nb in notebooks}
-    params_overrides, nb_overrides = _split_overrides(overrides or {}, nb_params)
-    if params_overrides != fields:  # names a --set key that is neither a Params field nor a notebook's parameter
-        params = load_params(params_file, {**params_overrides, "run_dir": str(run_dir)})
+    params_overrides, nb_overrides = _split_overrides(overrides, nb_params)
+    if params_overrides != fields:  # a --set key that is neither a Params field nor a notebook's parameter
+        build_params({**file_values, **params_overrides, "run_dir": str(run_dir)}, source=source)  # names it
     explicit = {**file_values, **params_overrides, "run_dir": str(run_dir)}
     for nb, names in nb_params.items():
         if "run_dir" not in names:
             raise UserError(f"{nb}: its parameters cell has no run_dir (every notebook writes into the run folder)")
-    return Plan(params, explicit, run_dir, notebooks, nb_params, params_file, nb_overrides)
+    return Plan(params, explicit, run_dir, notebooks, nb_params, params_file, nb_overrides, existing == "fresh")
 
 
 def notebook_inputs(plan: Plan, notebook: Path) -> dict[str, Any]:
@@ -318,8 +374,8 @@ def run_plan(
 
     echo = echo or (lambda msg: log.info("%s", msg))
     run_dir = plan.run_dir
-    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
-    save_params(plan.params, run_dir / "params.yaml")
+    if plan.fresh:
+        clear_run_folder(run_dir)
     info = RunInfo(
         run_dir=str(run_dir),
         params_file=plan.params_file,
@@ -328,6 +384,9 @@ def run_plan(
                    for nb in plan.notebooks],
         started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
+    write_json(run_dir / RUN_FILE, info.to_json())  # first: the folder is a run folder from now on
+    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    save_params(plan.params, run_dir / "params.yaml")
     kernel = kernel_name or ensure_kernel()
     _quiet_papermill(log_output)
     t_run = time.perf_counter()
@@ -357,7 +416,7 @@ def run_plan(
                     failure = NotebookFailed(rec.error, 1)
                 rec.seconds = round(time.perf_counter() - t0, 1)
                 echo(f"[{i}/{len(plan.notebooks)}] {nb.name} {rec.status} in {rec.seconds:.1f} s")
-                write_json(run_dir / "run.json", info.to_json())
+                write_json(run_dir / RUN_FILE, info.to_json())
                 if failure:
                     break
     finally:
@@ -365,7 +424,7 @@ def run_plan(
         info.status = "failed" if failure else "interrupted" if pending else "ok"
         info.finished_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         info.seconds = round(time.perf_counter() - t_run, 1)
-        write_json(run_dir / "run.json", info.to_json())
+        write_json(run_dir / RUN_FILE, info.to_json())
         report.write_run_metrics(run_dir)
         report.write_index(run_dir, info.to_json())
     if failure:
@@ -377,13 +436,11 @@ def run(
     params_file: str | None,
     overrides: dict[str, Any] | None = None,
     *,
-    out: str | None = None,
-    only: Sequence[str] | None = None,
-    notebooks_dir: str | os.PathLike[str] | None = None,
     log_output: bool = False,
     echo: Any = None,
     live: bool = False,
+    **plan_options: Any,
 ) -> RunInfo:
-    """Validate, then run the notebooks; see `plan_run` and `run_plan`."""
-    plan = plan_run(params_file, overrides, out=out, only=only, notebooks_dir=notebooks_dir)
+    """Validate, then run the notebooks; `plan_options` (out, only, notebooks_dir, existing) go to `plan_run`."""
+    plan = plan_run(params_file, overrides, **plan_options)
     return run_plan(plan, log_output=log_output, echo=echo, live=live)

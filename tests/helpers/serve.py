@@ -21,6 +21,24 @@ from tests.helpers import REPO
 DOCKERFILE = REPO / "serving" / "Dockerfile"
 
 
+def save_lora_adapter(model_dir: Path, out: Path) -> Path:
+    """An adapter-only LoRA export (adapter_config.json + adapter weights, no config.json) of `model_dir`, with
+    B drawn at random so the adapter changes what the model says (B = 0, peft's default, would change nothing)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from flant5_lib.modeling import load_model_and_tokenizer
+
+    base, _ = load_model_and_tokenizer(str(model_dir), device="cpu")
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q", "v"], task_type="SEQ_2_SEQ_LM"))
+    with torch.no_grad():
+        for name, weight in peft_model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(1))
+    peft_model.save_pretrained(out)
+    return out
+
+
 def make_talkative_model(src: Path, dst: Path) -> Path:
     """The tiny random model echoes its decoder start token (<pad>), so every summary is empty. Scaling the
     decoder's cross-attention and feed-forward outputs lets the encoded dialogue drive the next token, so greedy
@@ -79,6 +97,39 @@ def container_server(port: int, env: dict[str, str], log_path: Path) -> Iterator
         yield proc
     finally:
         stop_process(proc, timeout_s=15)
+
+
+class Gate:
+    """Holds every call of the functions it wraps, in the caller's thread, until the test opens it.
+
+    Work then outlasts a deadline, or is still running while a probe is made, by construction rather than because the
+    machine happened to be slow. Each call records the thread it ran on, so a test can also check *where* it ran."""
+
+    def __init__(self, hang_guard_s: float = 120.0) -> None:
+        self._open = threading.Event()
+        self._cond = threading.Condition()
+        self.threads: list[str] = []
+        self.hang_guard_s = hang_guard_s  # only so a broken test cannot hang forever
+
+    def wrap(self, fn: Any) -> Any:
+        def gated(*args: Any, **kwargs: Any) -> Any:
+            with self._cond:
+                self.threads.append(threading.current_thread().name)
+                self._cond.notify_all()
+            if not self._open.wait(self.hang_guard_s):
+                raise RuntimeError("the test never opened the gate")
+            return fn(*args, **kwargs)
+
+        return gated
+
+    def wait_entered(self, n: int, timeout: float = 60.0) -> None:
+        """Block until `n` calls are held (or have passed) at the gate."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.threads) >= n, timeout):
+                raise AssertionError(f"only {len(self.threads)} of {n} calls reached the gate in {timeout:g} s (hang guard)")
+
+    def open(self) -> None:
+        self._open.set()
 
 
 @contextmanager

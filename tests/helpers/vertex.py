@@ -22,3 +22,12 @@ def fast_stack(workdir: Path, **kwargs: Any) -> Iterator[LocalStack]:
         mp.setattr(jobs, "_JOB_WAIT_TIME", 0.3)
         with start_local_stack(workdir, **kwargs) as stack:
             yield stack
+
+
+def vertex_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`flant5 vertex ARGV...` in this process: (exit code, stdout, stderr)."""
+    from flant5_lib.cli import main
+
+    code = main(["vertex", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err

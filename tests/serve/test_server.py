@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 
-from flant5_lib.config import Params
 import pytest
 from tests.helpers.serve import container_server, make_talkative_model, wait_until
 from flant5_lib.procs import free_port
@@ -65,10 +64,11 @@ DIALOGUES = [
 def test_contract_custom_routes_port_and_logs(server, talk_model: Path) -> None:
     base, log = server
     health = httpx.get(base + HEALTH)
-    from flant5_lib.serve.hardware import resolve_backend
+    import importlib.util
 
-    # the default `serve_backend: auto` serves with the engine chosen for this CPU (CTranslate2 when installed)
-    auto = resolve_backend(Params(), None).backend
+    # the default `serve_backend: auto` on a machine without a GPU: CTranslate2's int8 engine when it is installed (the
+    # serve extra installs it), transformers otherwise (stated here, not asked of the server's own chooser)
+    auto = "ctranslate2" if importlib.util.find_spec("ctranslate2") else "hf"
     assert health.status_code == 200 and health.json() == {"status": "ready", "backend": auto, "device": "cpu"}
     assert httpx.head(base + HEALTH).status_code == 200
     assert httpx.get(base + "/health").status_code == 404  # the AIP_HEALTH_ROUTE replaced the default
@@ -123,6 +123,23 @@ def test_string_and_object_instances_agree_and_parameters_apply(server) -> None:
     assert as_str[0].startswith(short[0]) and len(short[0]) < len(as_str[0])  # greedy: the shorter run is a prefix
 
 
+def test_parameters_are_the_generation_options_and_each_reaches_the_engine(server) -> None:
+    """A request's `parameters` are `GenerationOverrides`' fields with the Params bounds (tightened by the serve_*
+    limits) in the schema, and every one of them changes what the engine generates."""
+    from flant5_lib.config import GenerationOverrides, Params, field_bounds
+
+    base, _ = server
+    schema = httpx.get(base + "/openapi.json").json()["components"]["schemas"]["Parameters"]["properties"]
+    assert set(schema) == set(GenerationOverrides.model_fields)
+    bounds = {name: next(a for a in spec["anyOf"] if a["type"] != "null") for name, spec in schema.items()}
+    assert (bounds["num_beams"]["maximum"], bounds["max_new_tokens"]["maximum"]) == (2, 12)  # the server's limits
+    assert bounds["repetition_penalty"]["maximum"] == field_bounds(Params, "repetition_penalty")["le"]
+    assert bounds["no_repeat_ngram_size"]["maximum"] == field_bounds(Params, "no_repeat_ngram_size")["le"]
+    plain = _sample(base, DIALOGUES[:3], {"max_new_tokens": 12})
+    for option in ({"no_repeat_ngram_size": 1}, {"repetition_penalty": 5.0}, {"num_beams": 2}, {"max_new_tokens": 3}):
+        assert _sample(base, DIALOGUES[:3], {"max_new_tokens": 12, **option}) != plain, option
+
+
 BAD = [
     ("not json", b"{instances: [", 400, "not valid JSON"),
     ("empty body", b"", 400, "empty"),
@@ -136,6 +153,12 @@ BAD = [
     ("not an object", ["a: hi"], 422, "body"),
     ("unknown parameter", {"instances": ["a: hi"], "parameters": {"temperature": 0.7}}, 422, "parameters.temperature"),
     ("beams over limit", {"instances": ["a: hi"], "parameters": {"num_beams": 3}}, 422, "parameters.num_beams"),
+    ("beams 99", {"instances": ["a: hi"], "parameters": {"num_beams": 99}}, 422,
+     "parameters.num_beams: Input should be less than or equal to 2"),  # serve_max_beams_limit
+    ("penalty over the params bound", {"instances": ["a: hi"], "parameters": {"repetition_penalty": 11}}, 422,
+     "parameters.repetition_penalty: Input should be less than or equal to 10"),  # Params.repetition_penalty's le
+    ("negative ngram size", {"instances": ["a: hi"], "parameters": {"no_repeat_ngram_size": -1}}, 422,
+     "parameters.no_repeat_ngram_size: Input should be greater than or equal to 0"),
     ("tokens over limit", {"instances": ["a: hi"], "parameters": {"max_new_tokens": 13}}, 422, "parameters.max_new_tokens"),
     ("tokens zero", {"instances": ["a: hi"], "parameters": {"max_new_tokens": 0}}, 422, "parameters.max_new_tokens"),
     ("string number", {"instances": ["a: hi"], "parameters": {"max_new_tokens": "5"}}, 422, "parameters.max_new_tokens"),
@@ -254,16 +277,20 @@ def test_a_body_that_never_arrives_gets_408(server) -> None:
             data += chunk
         elapsed = time.monotonic() - started
     assert data.startswith(b"HTTP/1.1 408"), data[:200]
-    assert b"not received within 2 s" in data and 1.5 < elapsed < 8
+    assert b"not received within 2 s" in data and elapsed > 1.5  # the server waited its own 2 s timer
+    assert elapsed < 60  # hang guard only
     assert httpx.get(base + HEALTH).status_code == 200
 
 
-def test_schemathesis_fuzz_finds_no_server_error(server) -> None:
+def test_schemathesis_fuzz_finds_no_server_error(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Valid and invalid bodies generated from /openapi.json (bounded, derandomized): none may get a 5xx."""
+    import hypothesis.configuration
     import schemathesis
     from hypothesis import HealthCheck, given, settings
     from schemathesis import GenerationMode
 
+    # Hypothesis caches (unicode tables, constants) in ./.hypothesis even with database=None: keep them in tmp_path
+    monkeypatch.setattr(hypothesis.configuration, "__hypothesis_home_directory", tmp_path / "hypothesis")
     base, _ = server
     schema = schemathesis.openapi.from_url(base + "/openapi.json")
     seen: list[tuple[str, int]] = []
@@ -287,3 +314,4 @@ def test_schemathesis_fuzz_finds_no_server_error(server) -> None:
     assert any(code == 200 for path, code in seen if path.startswith("POST"))  # valid bodies did get answers
     assert any(400 <= code < 500 for path, code in seen if path.startswith("POST"))
     assert httpx.get(base + HEALTH).status_code == 200
+

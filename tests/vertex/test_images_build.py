@@ -1,4 +1,5 @@
-"""The images and their build: cloudbuild.yaml, the three Dockerfiles and `flant5 vertex build` agree.
+"""The images and their build: cloudbuild.yaml, the Dockerfiles (serving/Dockerfile in its cpu and gpu variants) and
+`flant5 vertex build` agree.
 
 No docker and no gcloud here (neither can run offline); these read the files the build reads and check that the
 names the jobs ask Vertex to pull are the ones the build pushes.
@@ -29,32 +30,40 @@ def test_cloudbuild_builds_each_project_image_from_its_dockerfile() -> None:
     for step in cfg["steps"]:
         args = step["args"]
         tag = args[args.index("-t") + 1]
-        built[tag.split("/")[-1].split(":")[0]] = args[args.index("-f") + 1]
+        build_args = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--build-arg")
+        built[tag.split("/")[-1].split(":")[0]] = (args[args.index("-f") + 1], build_args)
         assert args[-1] == "."  # the repository root: the Dockerfiles copy pyproject.toml and flant5_lib/
-    assert built == {name: row["dockerfile"] for name, row in table.items()}
+        if len(re.findall(r"^FROM ", _dockerfile(args[args.index("-f") + 1]), re.MULTILINE)) > 1:
+            assert "DOCKER_BUILDKIT=1" in step.get("env", [])  # only the stages the chosen variant needs are built
+    assert built == {name: (row["dockerfile"], {k: str(v) for k, v in row.get("build_args", {}).items()})
+                     for name, row in table.items()}
     assert sorted(cfg["images"]) == sorted(f"${{_REGISTRY}}/{n}:${{_TAG}}" for n in table)
     assert set(cfg["substitutions"]) == {"_REGISTRY", "_TAG"}
 
 
-@pytest.mark.parametrize("path", ["training/Dockerfile", "serving/Dockerfile", "serving/Dockerfile.gpu"])
-def test_dockerfiles_pin_run_non_root_and_install_their_extra(path: str) -> None:
-    text = _dockerfile(path)
-    assert re.search(r"^FROM python:\d+\.\d+\.\d+-", text, re.MULTILINE)  # exact Python, read by preflight
-    assert "-c constraints.txt" in text  # exact pins
-    assert re.search(r"^USER (?!root)\w+", text, re.MULTILINE)
-    extra = "train" if path.startswith("training") else "serve"
-    assert f'".[{extra}]"' in text
+@pytest.mark.parametrize("name", [images.TRAIN_IMAGE, images.SERVE_IMAGE, images.SERVE_GPU_IMAGE])
+def test_dockerfiles_pin_run_non_root_and_install_their_extra(name: str) -> None:
+    """Each project image as it is built (its Dockerfile with its row's build args, stage by stage)."""
+    info = images.describe(f"r/{name}:1")
+    built = images.dockerfile_image(info.dockerfile, dict(info.build_args))
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-\S+", built.base)  # exact Python, read by preflight
+    assert info.python == built.base.split(":")[1].split("-")[0]
+    runs = " ".join(rest for word, rest in built.instructions if word == "RUN")
+    assert "-c constraints.txt" in runs  # exact pins
+    assert built.last("USER") not in (None, "root", "0")
+    assert f'".[{info.role}]"' in runs
 
 
 def test_gpu_serving_image_gets_cuda_torch_and_the_cpu_image_does_not() -> None:
-    gpu, cpu = _dockerfile("serving/Dockerfile.gpu"), _dockerfile("serving/Dockerfile")
-    assert "download.pytorch.org/whl/cpu" in cpu and "download.pytorch.org/whl/cpu" not in gpu
-    assert "torch.version.cuda" in gpu  # the build fails if a CPU-only torch slipped in
+    gpu, cpu = images.describe("r/flant5-serve-gpu:1"), images.describe("r/flant5-serve:1")
+    assert (gpu.device, cpu.device) == ("gpu", "cpu") and gpu.dockerfile == cpu.dockerfile
+    env = {info.device: " ".join(rest for word, rest in images.dockerfile_image(
+        info.dockerfile, dict(info.build_args)).instructions if word == "ENV") for info in (gpu, cpu)}
+    assert "download.pytorch.org/whl/cpu" in env["cpu"] and "download.pytorch.org/whl/cpu" not in env["gpu"]
+    assert "FLANT5_IMAGE_VARIANT=gpu" in env["gpu"] and "torch.version.cuda" in _dockerfile("serving/Dockerfile")
     # same server, same command: only the torch build differs
-    assert images.dockerfile_command_part(REPO / "serving/Dockerfile.gpu", "CMD") == \
-        images.dockerfile_command_part(REPO / "serving/Dockerfile", "CMD")
-    assert images.describe("r/flant5-serve-gpu:1").device == "gpu"
-    assert images.describe("r/flant5-serve:1").device == "cpu"
+    assert images.dockerfile_command_part(gpu.dockerfile, "CMD", dict(gpu.build_args)) == \
+        images.dockerfile_command_part(cpu.dockerfile, "CMD", dict(cpu.build_args))
 
 
 def test_build_dry_run_prints_the_gcloud_command_with_the_params_image_uris(capsys: pytest.CaptureFixture[str]) -> None:

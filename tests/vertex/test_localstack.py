@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,24 +23,14 @@ from flant5_lib import storage
 from flant5_lib.vertex import images
 from flant5_lib.vertex import specs as vertex
 from flant5_lib.vertex import jobs as vertex_jobs
-from flant5_lib.cli import main
 from flant5_lib.config import load_params
 from flant5_lib.vertex.localstack import LocalStack
-from tests.helpers.vertex import fast_stack
+from tests.helpers.vertex import vertex_cli
 
 QUICK_TRAIN = {"dataset": "synthetic:64", "model_name": "tiny", "max_steps": 5, "eval_strategy": "no",
                "per_device_train_batch_size": 8, "logging_steps": 1}
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with fast_stack(tmp_path_factory.mktemp("localstack")) as st:
-        yield st
-
-
-@pytest.fixture()
-def state_file(stack: LocalStack, tmp_path: Path) -> str:
-    return str(stack.write_state(tmp_path / "state.json"))
 
 
 def _ints(obj: object) -> object:
@@ -49,14 +38,9 @@ def _ints(obj: object) -> object:
     return json.loads(json.dumps(obj), parse_float=lambda x: int(float(x)) if float(x).is_integer() else float(x))
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(["vertex", *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 def _ok(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[dict, str]:
-    code, out, err = _cli(capsys, *argv)
+    code, out, err = vertex_cli(capsys, *argv)
     assert code == 0, err[-2000:]
     return json.loads(out), err
 
@@ -79,12 +63,13 @@ def test_failing_training_job_raises_the_sdks_error(stack: LocalStack) -> None:
     assert spec["imageUri"] == "registry.local/flant5-train:1"
     assert "command" not in spec  # the image's ENTRYPOINT (training/Dockerfile) ran the task, as on Vertex
     assert spec["args"][spec["args"].index("--nnodes") + 1] == "2"
-    assert "flant5/params/bad-job.yaml" in storage.list_blobs(stack.bucket)  # the job read its params from there
+    assert "params/bad-job.yaml" in storage.list_blobs(stack.bucket)  # the job read its params from there
     assert _ints(req["body"]) == _ints(vertex.training_request(params)["body"])  # --dry-run shows exactly this
 
 
 @pytest.mark.slow
-def test_deploying_a_model_that_cannot_load_raises_the_sdks_error(stack: LocalStack) -> None:
+def test_deploying_a_model_that_cannot_load_raises_the_sdks_error(stack: LocalStack,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from google.api_core import exceptions as gexc
 
     p = load_params(None, {**stack.params_overrides(), "model_display_name": "broken",
@@ -92,14 +77,13 @@ def test_deploying_a_model_that_cannot_load_raises_the_sdks_error(stack: LocalSt
     model = vertex_jobs.upload_model(p)
     assert model.supported_deployment_resources_types  # so the SDK sends dedicated resources
     stack.clear_requests()
-    stack.backend.sync_wait_s = 0  # answer with a pending operation: the SDK must poll it and raise its error
-    try:
-        with pytest.raises(gexc.FailedPrecondition, match="Model server (failed to start|stopped)") as err:
-            vertex_jobs.deploy_model(p, model)
-        log_path = re.search(r"log: (\S+?)\)", str(err.value)).group(1)
-        assert "no files found" in Path(log_path).read_text()  # the server's log says why
-    finally:
-        stack.backend.sync_wait_s = 30.0
+    # answer with a pending operation: the SDK must poll it and raise its error (restored after the test)
+    monkeypatch.setattr(stack.backend, "sync_wait_s", 0)
+    with pytest.raises(gexc.FailedPrecondition, match="Model server (failed to start|stopped)") as err:
+        vertex_jobs.deploy_model(p, model)
+    log_path = re.search(r"log: (\S+?)\)", str(err.value)).group(1)
+    assert "no files found" in Path(log_path).read_text()  # the server's log says why
+    monkeypatch.undo()
     assert stack.requests("/ui/projects/local-project/locations/us-central1/operations/", method="GET")
     (endpoint,) = vertex_jobs.find_endpoints(p)
     assert endpoint.list_models() == [] and not stack.backend.deployments
@@ -176,7 +160,7 @@ def test_train_upload_deploy_predict_batch_cleanup(stack: LocalStack, state_file
     # the image already holds the project: only the params were staged, no source archive
     staged = storage.list_blobs(stack.bucket)
     assert "--project-package" not in pool["containerSpec"]["args"]
-    assert f"flant5/params/{p.train_display_name}.yaml" in staged and not any("packages/" in n for n in staged)
+    assert f"params/{p.train_display_name}.yaml" in staged and not any("packages/" in n for n in staged)
 
     uploaded, _ = _ok(capsys, "upload", *common)
     (up,) = stack.requests("models:upload")
@@ -210,8 +194,9 @@ def test_train_upload_deploy_predict_batch_cleanup(stack: LocalStack, state_file
     assert batch["state"] == "JOB_STATE_SUCCEEDED"
     results = [json.loads(line) for name in storage.list_blobs(batch["output_dir"])
                for line in storage.read_text(f"{batch['output_dir']}/{name}").splitlines()]
-    assert [r["instance"]["dialogue"] for r in results] == [f"A: item {i}?\nB: ok {i}." for i in range(3)]
-    assert all(isinstance(r["prediction"], str) for r in results)
+    batch_dialogues = [f"A: item {i}?\nB: ok {i}." for i in range(3)]
+    assert [r["instance"]["dialogue"] for r in results] == batch_dialogues
+    assert all(isinstance(r["prediction"], str) and r["prediction"].strip() for r in results)  # a summary, not ""
 
     local = tmp_path / "serving" / "model"
     _ok(capsys, "artifacts", "download", *common, "--local", str(local))
@@ -229,12 +214,58 @@ def test_train_upload_deploy_predict_batch_cleanup(stack: LocalStack, state_file
     (served,) = vertex_jobs.predict(p, endpoint, [one])
     here = load_preprocessing(local, load_params())
     engine = load_backend(local, here, device="cpu")
-    texts, _ = summarize_batches(lambda ids, kw: (engine.generate(ids, kw), [False] * len(ids)), engine.tokenizer, [one],
-                                 here, progress=False)
-    assert texts == [served]
+    texts, _ = summarize_batches(lambda ids, kw: (engine.generate(ids, kw), [False] * len(ids)), engine.tokenizer,
+                                 [one, *batch_dialogues], here, progress=False)
+    assert texts == [served] + [r["prediction"] for r in results]  # the batch job's summaries are this model's too
 
+    deployed_ids = [d.id for d in endpoint.list_models()]
+    assert len(deployed_ids) == 1
     cleaned, _ = _ok(capsys, "cleanup", *common)
-    assert len(cleaned["endpoints"]) == 1 and len(cleaned["models"]) == 2
-    assert not stack.backend.deployments and not stack.backend.endpoints and not stack.backend.models
+    assert cleaned["endpoints"] == [endpoint.resource_name] and len(cleaned["models"]) == 2
+    assert uploaded["model"] in cleaned["models"] and trained["model"] in cleaned["models"]
+    for name in cleaned["endpoints"] + cleaned["models"]:  # this test's own resources are gone (others may exist)
+        assert httpx.get(f"{stack.api_endpoint}/v1/{name}").status_code == 404, name
+    assert not set(deployed_ids) & set(stack.backend.deployments)  # and its model server was stopped
     again, _ = _ok(capsys, "cleanup", *common)
     assert again == {"endpoints": [], "models": []}  # idempotent
+
+
+def _one_error_line(err: str, command: str) -> str:
+    """The CLI's answer to a user's mistake: no traceback, and its last stderr line is the one error line."""
+    assert "Traceback" not in err, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"flant5 {command}: error: "), err[-2000:]
+    return line
+
+
+def test_deploy_before_upload_and_predict_before_deploy_say_what_to_run_first(
+        stack: LocalStack, state_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--local-stack", state_file, "--set", "model_display_name=never-uploaded",
+              "--set", "endpoint_display_name=never-deployed"]
+    stack.clear_requests()
+    code, _, err = vertex_cli(capsys, "deploy", *common)
+    line = _one_error_line(err, "vertex")
+    assert code == 2 and "model_display_name: no model named 'never-uploaded'" in line and "flant5 vertex upload" in line
+    code, _, err = vertex_cli(capsys, "predict", *common, "--dialogue", "A: hi\\nB: hello")
+    line = _one_error_line(err, "vertex")
+    assert code == 2 and "endpoint_display_name: no endpoint named 'never-deployed'" in line
+    assert "flant5 vertex deploy" in line
+    assert stack.requests(method="POST") == []  # only lookups were sent: no endpoint created, nothing deployed
+
+
+def test_predict_without_dialogues_is_a_usage_error(state_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = vertex_cli(capsys, "predict", "--local-stack", state_file)
+    line = _one_error_line(err, "vertex")
+    assert code == 2 and out == "" and "--dialogue" in line and "--file" in line
+
+
+@pytest.mark.parametrize(("content", "needle"), [("{not json", "invalid JSON"), ('{"env": {}}', "needs 'env' and 'params'"),
+                                                  (None, "state file not found")], ids=["corrupt", "incomplete", "missing"])
+def test_a_bad_local_stack_state_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   content: str | None, needle: str) -> None:
+    state = tmp_path / "state.json"
+    if content is not None:
+        state.write_text(content)
+    code, _, err = vertex_cli(capsys, "upload", "--local-stack", str(state))
+    line = _one_error_line(err, "vertex")
+    assert code == 2 and str(state) in line and needle in line

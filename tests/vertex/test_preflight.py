@@ -1,4 +1,5 @@
-"""`flant5 vertex preflight`: every check, table-driven, plus the shipped params files and the image table.
+"""`flant5 vertex preflight` (the rule set, `vertex.rules`): every check, table-driven, plus the shipped params files
+and the image table.
 
 No server: preflight reads params, the image/accelerator tables, the Dockerfiles and constraints.txt only.
 """
@@ -14,7 +15,7 @@ from flant5_lib import vertex
 from flant5_lib.cli import main
 from flant5_lib.config import load_params
 from flant5_lib.errors import ParamsError
-from flant5_lib.vertex import images, preflight
+from flant5_lib.vertex import images, rules
 
 from tests.helpers import REPO
 
@@ -26,14 +27,14 @@ SA = "trainer@proj-x.iam.gserviceaccount.com"
 
 def _problems(path: str | None = "params/vertex-a100.yaml", **overrides: object) -> list[str]:
     params = load_params(REPO / path if path else None, {**FILLED, **overrides})
-    return preflight.problems(params)
+    return rules.problems(params)
 
 
 @pytest.mark.parametrize("path", ["params/vertex-a100.yaml", "params/vertex-a100-80gb-large.yaml"])
 def test_shipped_cloud_params_pass_once_placeholders_are_filled(path: str) -> None:
     assert _problems(path) == []
     raw = load_params(REPO / path)  # as shipped: the templates are named, one line each
-    found = preflight.problems(raw)
+    found = rules.problems(raw)
     assert [p.split(":")[0] for p in found] == ["gcp_project", "staging_bucket"]
 
 
@@ -89,12 +90,12 @@ def test_all_problems_come_at_once_and_require_raises_one_params_error() -> None
         "train_accelerator_type": "NVIDIA_L4", "tensorboard_resource": TB,
         "deploy_accelerator_type": "NVIDIA_TESLA_T4", "deploy_accelerator_count": 1,
         "serving_container_uri": "r/p/flant5/flant5-serve:1"})  # placeholders still in, too
-    found = preflight.problems(params)
+    found = rules.problems(params)
     fields = {line.split(":")[0] for line in found}
     assert {"gcp_project", "staging_bucket", "train_machine_type/train_accelerator_type/train_accelerator_count",
             "service_account", "serving_container_uri"} <= fields
     with pytest.raises(ParamsError) as err:
-        preflight.require(params)
+        rules.require(params)
     lines = str(err.value).splitlines()
     assert err.value.exit_code == 2 and len(lines) == len(found) + 1 and str(len(found)) in lines[0]
 
@@ -114,7 +115,7 @@ def test_the_old_default_image_with_pinned_requirements_fails_naming_the_python_
 
 
 def test_script_requirements_carry_the_projects_torch_exactly() -> None:
-    reqs = preflight.script_requirements(load_params(None))
+    reqs = images.script_requirements(load_params(None))
     pins = images.pins()
     assert f"torch=={pins['torch']}" in reqs and f"transformers=={pins['transformers']}" in reqs
     floor = re.search(r"torch>=([\d.]+)", " ".join(images.train_requirements())).group(1)
@@ -151,7 +152,8 @@ def test_project_images_are_read_from_their_dockerfiles() -> None:
     assert images.container_command(info.dockerfile) == ["python", "-m", "flant5_lib.vertex.task"]
     assert images.container_command(info.dockerfile, args=["--x"]) == ["python", "-m", "flant5_lib.vertex.task", "--x"]
     serve = images.describe("r/flant5-serve-gpu:1")
-    assert serve.dockerfile.name == "Dockerfile.gpu" and images.container_command(serve.dockerfile)[:2] == ["sh", "-c"]
+    assert serve.dockerfile == REPO / "serving" / "Dockerfile" and serve.build_args == (("VARIANT", "gpu"),)
+    assert serve.python.startswith("3.11") and images.container_command(serve.dockerfile)[:2] == ["sh", "-c"]
     assert images.describe("registry.example/unknown:1") is None
 
 

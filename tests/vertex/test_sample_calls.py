@@ -9,7 +9,6 @@ job.run registered (the sample's cleanup leaves it behind). Nothing is mocked: a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,11 +17,10 @@ from google.api_core import exceptions as gexc
 
 from flant5_lib import storage
 from flant5_lib.config import load_params
-from flant5_lib.vertex import images, preflight
+from flant5_lib.vertex import images, rules
 from flant5_lib.vertex import jobs as vertex_jobs
 from flant5_lib.vertex import specs as vertex
 from flant5_lib.vertex.localstack import LocalStack
-from tests.helpers.vertex import fast_stack
 
 QUICK_TRAIN = {"dataset": "synthetic:64", "model_name": "tiny", "max_steps": 5, "eval_strategy": "no",
                "per_device_train_batch_size": 8, "logging_steps": 1, "max_new_tokens": 24}
@@ -31,17 +29,25 @@ DIALOGUE = "Amy: Is the car fixed?\nBen: Tomorrow, they said."
 pytestmark = pytest.mark.slow  # trains and serves a model: about a minute on 2 cores
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with fast_stack(tmp_path_factory.mktemp("sample")) as st:
-        yield st
+
+def _local_summaries(model_dir: Path, dialogues: list[str], **generation: int) -> list[str]:
+    """What the serving engine (serve_backend's default) gives here for this model, with its own preprocessing."""
+    from flant5_lib.inference import summarize_batches
+    from flant5_lib.preprocess import load_preprocessing
+    from flant5_lib.serve.backends import load_backend
+
+    params = load_preprocessing(model_dir, load_params())
+    engine = load_backend(model_dir, params, device="cpu")
+    texts, _ = summarize_batches(lambda ids, kw: (engine.generate(ids, kw), [False] * len(ids)), engine.tokenizer,
+                                 dialogues, params, progress=False, **generation)
+    return texts
 
 
-def test_the_samples_calls_behave_as_on_vertex(stack: LocalStack) -> None:
+def test_the_samples_calls_behave_as_on_vertex(stack: LocalStack, tmp_path: Path) -> None:
     params = load_params(None, {**stack.params_overrides(), **QUICK_TRAIN, "train_job_kind": "script",
                                 "deploy_machine_type": "a2-highgpu-1g", "deploy_accelerator_type": "NVIDIA_TESLA_A100",
                                 "deploy_accelerator_count": 1, "serving_container_uri": None})
-    preflight.require(params)  # the sample's hardware with the project's images passes preflight
+    rules.require(params)  # the sample's hardware with the project's images passes preflight
     aiplatform = vertex_jobs.init_sdk(params)
     staged = vertex_jobs.stage_inputs(params)
     serving_image = images.serving_image(params)
@@ -49,7 +55,7 @@ def test_the_samples_calls_behave_as_on_vertex(stack: LocalStack) -> None:
 
     job = aiplatform.CustomTrainingJob(
         display_name="sample-train", script_path=str(Path(vertex.__file__).with_name("task.py")),
-        container_uri=images.train_image(params), requirements=preflight.script_requirements(params),
+        container_uri=images.train_image(params), requirements=images.script_requirements(params),
         model_serving_container_image_uri=serving_image, model_serving_container_predict_route="/predict",
         model_serving_container_health_route="/health", model_serving_container_ports=[8080])
     out_dir = f"{stack.bucket}/runs/sample"
@@ -72,7 +78,9 @@ def test_the_samples_calls_behave_as_on_vertex(stack: LocalStack) -> None:
     nested = endpoint.predict([[DIALOGUE]]).predictions  # each instance a one-element list of dialogues
     assert len(nested) == 1 and len(nested[0]) == 1 and isinstance(nested[0][0], str) and nested[0][0].strip()
     flat = endpoint.predict([DIALOGUE], parameters={"num_beams": 2, "max_new_tokens": 16}).predictions
-    assert len(flat) == 1 and isinstance(flat[0], str)
+    assert len(flat) == 1 and isinstance(flat[0], str) and flat[0].strip()
+    assert flat == _local_summaries(storage.download_dir(f"{out_dir}/model", tmp_path / "model"), [DIALOGUE],
+                                    num_beams=2, max_new_tokens=16)  # the parameters reached the model that was trained
     with pytest.raises(gexc.BadRequest, match="num_beams"):  # the container's 4xx reaches the SDK as 400
         endpoint.predict([DIALOGUE], parameters={"num_beams": 2.5})
 

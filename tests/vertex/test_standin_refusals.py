@@ -151,14 +151,18 @@ def test_deploying_an_image_the_stand_in_cannot_emulate_fails_clearly(stack: Loc
     model = aiplatform.Model.upload(  # type: ignore[attr-defined]
         display_name="torchserve", artifact_uri=f"{stack.bucket}/none/ts",
         serving_container_image_uri="us-docker.pkg.dev/vertex-ai/prediction/pytorch-cpu.2-4:latest", sync=True)
+    before = {ep.resource_name for ep in aiplatform.Endpoint.list()}  # type: ignore[attr-defined]
     try:
         with pytest.raises(gexc.FailedPrecondition, match="cannot emulate serving image.*torchserve"):
             model.deploy(machine_type="n1-standard-4", sync=True)
-        assert not stack.backend.deployments
     finally:
-        for ep in aiplatform.Endpoint.list():  # type: ignore[attr-defined]
+        # this test's own resources only: the endpoint model.deploy created, and the model (other tests' stay)
+        mine = [ep for ep in aiplatform.Endpoint.list() if ep.resource_name not in before]  # type: ignore[attr-defined]
+        deployed = [d for ep in mine for d in ep.list_models()]
+        for ep in mine:
             ep.delete(force=True)
         model.delete()
+    assert len(mine) == 1 and deployed == []  # the endpoint was made, the model never went onto it
 
 
 def test_deploying_a_cpu_image_model_on_a_gpu_machine_stops_before_any_request(stack: LocalStack,

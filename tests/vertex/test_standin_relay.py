@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from flant5_lib.vertex.localstack.backend import ApiError, Backend, Deployment
+from flant5_lib.vertex.localstack.backend import Backend, Deployment
+from flant5_lib.vertex.localstack.errors import ApiError
 
 
 class _Fixed(BaseHTTPRequestHandler):

@@ -11,13 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flant5_lib.vertex import specs as vertex
-from flant5_lib.vertex import estimate as vertex_estimate
-from flant5_lib.vertex import task as vertex_task
 from flant5_lib.cli import main
 from flant5_lib.config import load_params
 from flant5_lib.errors import CloudError
-from flant5_lib.vertex.presets import PRESETS, check_machine
+from flant5_lib.vertex import estimate, specs, task
+from flant5_lib.vertex.presets import PRESETS, machine_problem
 
 from tests.helpers import REPO
 SHIPPED = sorted(p for p in (REPO / "params").glob("*.yaml") if p.name != "prices.yaml")  # tables/ is not globbed
@@ -42,7 +40,7 @@ CLOUD = ["--set", "vertex_mode=cloud", "--set", "gcp_project=proj-x", "--set", "
 
 
 def test_dry_run_train_carries_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
-    req = _dry(capsys, "train", *CLOUD, "--set", "train_spot=true", "--set", "train_job_kind=script")
+    req = _dry(capsys, "train", *CLOUD, "--set", "scheduling_strategy=spot", "--set", "train_job_kind=script")
     assert req["url"].endswith("/v1/projects/proj-x/locations/us-central1/trainingPipelines")
     inputs = req["body"]["trainingTaskInputs"]
     (pool,) = inputs["worker_pool_specs"]
@@ -50,7 +48,7 @@ def test_dry_run_train_carries_every_setting(capsys: pytest.CaptureFixture[str])
                                     "accelerator_count": 1}
     spec = pool["python_package_spec"]
     assert spec["executor_image_uri"] == "reg/flant5-train:2"
-    assert spec["args"][:2] == ["--params", "gs://bkt/pre/flant5/params/flan-t5-samsum-train.yaml"]
+    assert spec["args"][:2] == ["--params", "gs://bkt/pre/params/flan-t5-samsum-train.yaml"]  # one prefix, not two
     assert spec["args"][spec["args"].index("--project-package") + 1] == req["uploads_first"]["project_package"]
     assert inputs["base_output_directory"] == {"output_uri_prefix": "gs://bkt/pre/runs/flan-t5-samsum-train"}
     assert inputs["service_account"] == "sa@proj-x.iam.gserviceaccount.com"
@@ -98,7 +96,7 @@ def test_presets_multi_gpu_multi_replica_and_container_kind(capsys: pytest.Captu
     assert pool["containerSpec"]["imageUri"] == "reg/flant5-train:2"
     assert "project_package" not in req["uploads_first"]  # the custom image already has the project
     for name, p in PRESETS.items():  # every preset passes its own machine check
-        check_machine(p.machine_type, p.accelerator_type, p.accelerator_count)
+        assert machine_problem(p.machine_type, p.accelerator_type, p.accelerator_count) is None, name
 
 
 @pytest.mark.parametrize(
@@ -125,16 +123,13 @@ def test_bad_inputs_give_one_line_before_any_request(capsys: pytest.CaptureFixtu
     assert err.count("\n") == 1 and field in err and "Traceback" not in err
 
 
-def test_check_machine_table() -> None:
-    check_machine("a2-highgpu-4g", "NVIDIA_TESLA_A100", 4)
-    check_machine("n1-standard-8", "NVIDIA_TESLA_T4", 2)
-    check_machine("n1-standard-4", None, 0)
-    with pytest.raises(CloudError, match="NVIDIA_A100_80GB"):
-        check_machine("a2-ultragpu-1g", "NVIDIA_TESLA_A100", 1)
-    with pytest.raises(CloudError, match="counts 1, 2, 4"):
-        check_machine("n1-standard-8", "NVIDIA_TESLA_T4", 3)
-    with pytest.raises(CloudError, match="takes no accelerator"):
-        check_machine("e2-standard-4", "NVIDIA_TESLA_T4", 1)
+def test_machine_table() -> None:
+    assert machine_problem("a2-highgpu-4g", "NVIDIA_TESLA_A100", 4) is None
+    assert machine_problem("n1-standard-8", "NVIDIA_TESLA_T4", 2) is None
+    assert machine_problem("n1-standard-4", None, 0) is None
+    assert "NVIDIA_A100_80GB" in machine_problem("a2-ultragpu-1g", "NVIDIA_TESLA_A100", 1)
+    assert "counts 1, 2, 4" in machine_problem("n1-standard-8", "NVIDIA_TESLA_T4", 3)
+    assert "takes no accelerator" in machine_problem("e2-standard-4", "NVIDIA_TESLA_T4", 1)
 
 
 def test_estimate_follows_the_price_table(tmp_path: Path) -> None:
@@ -146,33 +141,33 @@ def test_estimate_follows_the_price_table(tmp_path: Path) -> None:
     prices = tmp_path / "prices.yaml"
     prices.write_text(yaml.safe_dump(table))
     p = load_params(None, {"train_preset": "a100-40gb-x4", "num_train_epochs": 2, "max_train_samples": 5000})
-    e = vertex_estimate.estimate(p, vertex_estimate.load_prices(prices))
+    e = estimate.estimate(p, estimate.load_prices(prices))
     speed = 10.0 * (1 + 3 * 0.5)  # 4 GPUs at 50% efficiency for each extra one
     assert e["samples_per_s"] == speed and e["samples_seen"] == 10000
     hours = 10000 / speed / 3600 + 0.1
     assert e["total_hours"] == round(hours, 2) and e["usd_per_hour"] == 2.0 + 4 * 3.0
     assert abs(e["usd"] - hours * 14.0) < 0.02
-    spot = vertex_estimate.estimate(p.with_overrides(train_spot=True), vertex_estimate.load_prices(prices))
+    spot = estimate.estimate(p.with_overrides(scheduling_strategy="spot"), estimate.load_prices(prices))
     assert spot["usd_per_hour"] == round(14.0 * 0.25, 2)
-    assert e["samples_seen"] == vertex_estimate.estimate(p, vertex_estimate.load_prices(prices), 5000)["samples_seen"]
+    assert e["samples_seen"] == estimate.estimate(p, estimate.load_prices(prices), 5000)["samples_seen"]
     with pytest.raises(CloudError, match="model_name"):
-        vertex_estimate.estimate(p.with_overrides(model_name="gpt2"), vertex_estimate.load_prices(prices))
+        estimate.estimate(p.with_overrides(model_name="gpt2"), estimate.load_prices(prices))
 
 
 def test_task_launcher_uses_torchrun_only_for_several_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    single = vertex_task.build_command(["--params", "gs://b/p.yaml"], 1, 1)
+    single = task.build_command(["--params", "gs://b/p.yaml"], 1, 1)
     assert single[1:] == ["-m", "flant5_lib.train", "--params", "gs://b/p.yaml"]
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     monkeypatch.setenv("CLUSTER_SPEC", json.dumps({"cluster": {"workerpool0": ["chief:2222"], "workerpool1": ["w1:2222"]},
                                                    "task": {"type": "workerpool1", "index": 0}}))
-    multi = vertex_task.build_command(["--params", "gs://b/p.yaml"], 2, 2)
+    multi = task.build_command(["--params", "gs://b/p.yaml"], 2, 2)
     assert multi[1:3] == ["-m", "torch.distributed.run"]
     assert {"--nnodes=2", "--node_rank=1", "--nproc_per_node=2", "--master_addr=chief"} <= set(multi)
     assert multi[-4:] == ["-m", "flant5_lib.train", "--params", "gs://b/p.yaml"]
     monkeypatch.setenv("MASTER_ADDR", "10.0.0.2")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert "--master_addr=10.0.0.2" in vertex_task.build_command([], 4, 2)
+    assert "--master_addr=10.0.0.2" in task.build_command([], 4, 2)
 
 
 def test_project_archive_is_reproducible_and_installable_layout(tmp_path: Path) -> None:
@@ -180,17 +175,17 @@ def test_project_archive_is_reproducible_and_installable_layout(tmp_path: Path) 
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
     (tmp_path / "flant5_lib" / "a.py").write_text("A = 1\n")
     (tmp_path / "flant5_lib" / "sub" / "b.py").write_text("B = 2\n")
-    name1, data1 = vertex.build_project_archive(tmp_path)
+    name1, data1 = specs.build_project_archive(tmp_path)
     os.utime(tmp_path / "flant5_lib" / "a.py", (0, 12345))  # a touched file with the same bytes: same archive
-    name2, data2 = vertex.build_project_archive(tmp_path)
+    name2, data2 = specs.build_project_archive(tmp_path)
     assert (name1, data1) == (name2, data2)
     (tmp_path / "flant5_lib" / "a.py").write_text("A = 3\n")
-    assert vertex.build_project_archive(tmp_path)[0] != name1  # changed sources get a new name
+    assert specs.build_project_archive(tmp_path)[0] != name1  # changed sources get a new name
     top = name1.rsplit("-", 1)[0]
     with tarfile.open(fileobj=io.BytesIO(data1)) as tar:
         assert sorted(tar.getnames()) == sorted(f"{top}/{n}" for n in ("pyproject.toml", "README.md", "flant5_lib/a.py",
                                                                       "flant5_lib/sub/b.py"))
-    name, data = vertex.build_project_archive()  # the real checkout
+    name, data = specs.build_project_archive()  # the real checkout
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         names = tar.getnames()
     top = name.rsplit("-", 1)[0]
@@ -205,7 +200,7 @@ def test_api_errors_become_one_line_with_what_to_check() -> None:
              gexc.NotFound("Endpoint 12 not found\nmore detail"): "gcp_region",
              RuntimeError("Training failed with:\ncode: 13"): "logs"}
     for err, hint in cases.items():
-        msg = str(vertex.explain_api_error(err, "vertex train"))
+        msg = str(specs.explain_api_error(err, "vertex train"))
         assert "\n" not in msg and hint in msg and msg.startswith("vertex train: ")
 
 

@@ -57,7 +57,9 @@ def test_lab_runs_notebook_00_on_the_project_kernel(tmp_path):
 
     port, token = free_port(), secrets.token_hex(16)
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-           "HF_HUB_OFFLINE": "1"}
+           "HF_HUB_OFFLINE": "1",
+           "HOME": str(tmp_path / "home"),  # IPython history, Jupyter's secret and signatures, npm logs: not in ~
+           "FLANT5_SKIP_SETUP": "1"}  # the test runs in this .venv: never `pip install -e` it because a stamp is stale
     log_path = tmp_path / "lab.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

@@ -93,6 +93,74 @@ def test_cloud_placeholders_stop_before_anything_runs(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_rerun_stops_and_offers_resume_or_fresh(tmp_path, nb_dir, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--params", str(smoke_file(tmp_path)), "--notebooks", str(nb_dir), "--out", str(out), "--only", "00"]
+    assert main(argv) == 0
+    kept = out / "model" / "kept.txt"  # stands for what an earlier run leaves: a model, checkpoints
+    kept.parent.mkdir()
+    kept.write_text("from the first run")
+    (out / "ran-00").unlink()
+    capsys.readouterr()
+
+    assert main(argv) == 2  # no flag: nothing runs, one line names both ways on
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err and "--resume" in err and "--fresh" in err
+    assert "ok, notebooks 00-00" in err and not (out / "ran-00").exists()
+
+    assert main([*argv, "--resume"]) == 0  # today's behaviour: into the same folder, what it held stays
+    assert (out / "ran-00").is_file() and kept.read_text() == "from the first run"
+    (out / "ran-00").unlink()
+
+    assert main([*argv, "--fresh"]) == 0  # cleared first, then run
+    assert (out / "ran-00").is_file() and not kept.exists()
+    assert json.loads((out / "run.json").read_text())["status"] == "ok"
+    assert main([*argv, "--resume", "--fresh"]) == 0  # the last of the two wins (a wrapper may pass one first)
+    assert not list(tmp_path.glob(".run.cleared-*"))  # nothing left aside
+
+
+def test_fresh_clears_only_a_folder_flant5_run_made(tmp_path, nb_dir, capsys, monkeypatch):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not a run")
+    argv = ["run", "--params", str(smoke_file(tmp_path)), "--notebooks", str(nb_dir), "--only", "00", "--fresh"]
+    assert main([*argv, "--out", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert "has no run.json" in err and (mine / "notes.txt").read_text() == "not a run"
+
+    out = tmp_path / "run"
+    assert main([*argv, "--out", str(out)]) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(out)  # clearing it would pull the working directory away
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "which this run needs" in capsys.readouterr().err and (out / "run.json").is_file()
+    monkeypatch.chdir(tmp_path)
+    nbs_inside = out / "nbs"
+    shutil.copytree(nb_dir, nbs_inside)  # the notebooks this run reads live in the folder
+    assert main([*argv, "--out", str(out), "--notebooks", str(nbs_inside)]) == 2
+    assert "which this run needs" in capsys.readouterr().err and nbs_inside.is_dir()
+
+
+def test_plan_reads_the_params_file_once(tmp_path, monkeypatch):
+    """One read: a file changed between reads (or on gs://, read over the network) cannot give two answers."""
+    import flant5_lib.config
+    from flant5_lib.workbench import runner
+
+    reads: list[str] = []
+    real = flant5_lib.config.read_params_file
+
+    def counting(path):
+        reads.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(runner, "read_params_file", counting)
+    monkeypatch.setattr(flant5_lib.config, "read_params_file", counting)  # what load_params would call
+    plan = plan_run(str(smoke_file(tmp_path)), {"n_examples": 3, "seed": 7}, out=str(tmp_path / "r"),
+                    only=["00", "01"], notebooks_dir=NOTEBOOKS_DIR)
+    assert reads == [str(tmp_path / "p.yaml")]
+    assert plan.params.seed == 7 and plan.params.model_name == "tiny" and plan.notebook_overrides == {"n_examples": 3}
+
+
 def test_only_selects_by_number_or_name(tmp_path):
     nbs = [Path(f"{n}.ipynb") for n in ("00_a", "01_b", "03_c")]
     assert [p.stem for p in select_notebooks(nbs, ["3", "00_a"])] == ["00_a", "03_c"]
@@ -133,7 +201,7 @@ def test_explore_and_evaluate_write_the_index_page(tmp_path, tiny_model_dir, cap
     shutil.copytree(tiny_model_dir, out / "model")  # stands in for notebook 01's output (training is tested elsewhere)
     rc = main(["run", "--params", str(REPO / "params" / "local-smoke.yaml"), "--only", "00,03", "--out", str(out),
                "--set", "dataset=synthetic:100", "--set", "compare_untuned=false", "--set", "max_new_tokens=8",
-               "--set", "bootstrap_samples=20"])
+               "--set", "bootstrap_samples=20", "--resume"])  # into the folder that holds the model
     printed = capsys.readouterr().out
     assert rc == 0, printed
     assert f"run folder: {out.resolve()}" in printed.splitlines()[-2]

@@ -127,8 +127,10 @@ def start_local_stack(
     set_env: bool = True,
     deploy_timeout_s: float = 300.0,
     sync_wait_s: float = 30.0,
+    preempt: Any = None,
 ) -> LocalStack:
-    """Start the emulator and the Vertex stand-in; with `set_env`, this process's storage clients use the emulator."""
+    """Start the emulator and the Vertex stand-in; with `set_env`, this process's storage clients use the emulator.
+    `preempt` (a `localstack.preempt.PreemptPlan`) preempts and restarts the replicas of Spot jobs."""
     import uvicorn
 
     from flant5_lib import storage
@@ -139,7 +141,7 @@ def start_local_stack(
     work.mkdir(parents=True, exist_ok=True)
     gcs = start_gcs_emulator(work / "gcs", port=gcs_port)
     backend = Backend(workdir=work, gcs_url=gcs.url, project=project, region=region, deploy_timeout_s=deploy_timeout_s,
-                      sync_wait_s=sync_wait_s)
+                      sync_wait_s=sync_wait_s, preempt=preempt)
     backend.tensorboards.add(f"projects/{project}/locations/{region}/{DEFAULT_TENSORBOARD}")
     port = port or free_port()
     config = uvicorn.Config(create_app(backend), host="127.0.0.1", port=port, log_level="warning", access_log=False)

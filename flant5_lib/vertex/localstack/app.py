@@ -2,7 +2,9 @@
 
 Paths follow the real API (/v1/projects/{p}/locations/{r}/...; operations are also polled under /ui/).
 Bodies are REST JSON; errors use Google's JSON error format, so the SDK raises its own exception types.
-Every request is recorded (method, path, query, JSON body) for tests: `GET /_local/requests`.
+Every request is recorded (method, path, query, JSON body) for tests: `GET /_local/requests`. Creating and acting
+on a resource (deploy, predict) has its own handler; get, list, cancel and delete are one handler per verb over
+`KINDS`, a table of resource kinds.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import random
 import re
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -20,12 +23,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from flant5_lib.vertex.localstack import checks
-from flant5_lib.vertex.localstack.backend import ApiError, Backend, now, run_batch_job
+from flant5_lib.vertex.localstack import checks, tuning, versions
+from flant5_lib.vertex.localstack.backend import Backend, Deployment, now, run_batch_job
+from flant5_lib.vertex.localstack.errors import ApiError
 from flant5_lib.vertex.localstack.listing import listing as _listing
 
 _P = r"projects/(?P<project>[^/]+)/locations/(?P<region>[^/:]+)"
-_ID = r"(?P<rid>[^/:@]+)(?:@(?P<version>[^/:]+))?"
+_RID = r"(?P<rid>[^/:]+)"
+_ID = r"(?P<rid>[^/:@]+)(?:@(?P<version>[^/:]+))?"  # a model id, optionally @version
 Handler = Callable[[Backend, dict[str, str], dict[str, Any], dict[str, list[str]]], Any]
 _ROUTES: list[tuple[str, re.Pattern[str], Handler]] = []
 
@@ -44,7 +49,24 @@ def _get(items: dict[str, dict[str, Any]], rid: str, kind: str, full: str) -> di
     return items[rid]
 
 
-# --- training pipelines ---------------------------------------------------------------------------
+def _start_training(b: Backend, body: dict[str, Any], spec: dict[str, Any], where: str, kind: str) -> dict[str, Any]:
+    """A training pipeline or a custom job: refused as Vertex refuses it, else recorded PENDING and started."""
+    checks.worker_pools(spec.get("worker_pool_specs") or spec.get("workerPoolSpecs") or [], where, b.region)
+    checks.tensorboard(b.tensorboards, spec.get("tensorboard"),
+                       spec.get("service_account") or spec.get("serviceAccount"), where)
+    checks.scheduling(spec, where, b.region)
+    rid = b.new_id()
+    collection, table, state = (("trainingPipelines", b.pipelines, "PIPELINE_STATE_PENDING") if kind == "pipeline"
+                                else ("customJobs", b.custom_jobs, "JOB_STATE_PENDING"))
+    resource = {**copy.deepcopy(body), "name": f"{b.parent()}/{collection}/{rid}", "state": state,
+                "createTime": now(), "updateTime": now()}
+    with b.lock:
+        table[rid] = resource
+    b.start_training(resource, kind)
+    return copy.deepcopy(resource)
+
+
+# --- training pipelines (create here; get, list, cancel, delete of every kind: the table of kinds below) ------
 
 
 @route("POST", "trainingPipelines")
@@ -52,37 +74,7 @@ def create_pipeline(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict
     for key in ("displayName", "trainingTaskDefinition", "trainingTaskInputs"):
         if not body.get(key):
             raise ApiError(400, f"TrainingPipeline.{key} is required.")
-    inputs = body["trainingTaskInputs"]
-    checks.worker_pools(inputs.get("worker_pool_specs") or inputs.get("workerPoolSpecs") or [],
-                        "training_task_inputs", b.region)
-    checks.tensorboard(b.tensorboards, inputs.get("tensorboard"), inputs.get("service_account"),
-                       "training_task_inputs")
-    pid = b.new_id()
-    pipeline = {**copy.deepcopy(body), "name": f"{b.parent()}/trainingPipelines/{pid}",
-                "state": "PIPELINE_STATE_PENDING", "createTime": now(), "updateTime": now()}
-    with b.lock:
-        b.pipelines[pid] = pipeline
-    b.start_pipeline(pipeline)
-    return copy.deepcopy(pipeline)
-
-
-@route("GET", "trainingPipelines/(?P<rid>[^/:]+)")
-def get_pipeline(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    with b.lock:
-        return copy.deepcopy(_get(b.pipelines, m["rid"], "TrainingPipeline", m["rid"]))
-
-
-@route("GET", "trainingPipelines")
-def list_pipelines(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    with b.lock:
-        return {"trainingPipelines": _listing(b.pipelines, q)}
-
-
-@route("POST", "trainingPipelines/(?P<rid>[^/:]+):cancel")
-def cancel_pipeline(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    _get(b.pipelines, m["rid"], "TrainingPipeline", m["rid"])
-    b.cancel_pipeline(m["rid"])
-    return {}
+    return _start_training(b, body, body["trainingTaskInputs"], "training_task_inputs", "pipeline")
 
 
 # --- custom jobs (aiplatform.CustomJob, CustomJob.from_local_script) --------------------------------
@@ -92,45 +84,15 @@ def cancel_pipeline(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict
 def create_custom_job(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
     if not body.get("displayName"):
         raise ApiError(400, "CustomJob.displayName is required.")
-    spec = body.get("jobSpec") or {}
-    checks.worker_pools(spec.get("workerPoolSpecs") or [], "custom_job.job_spec", b.region)
-    checks.tensorboard(b.tensorboards, spec.get("tensorboard"), spec.get("serviceAccount"), "custom_job.job_spec")
-    jid = b.new_id()
-    job = {**copy.deepcopy(body), "name": f"{b.parent()}/customJobs/{jid}", "state": "JOB_STATE_PENDING",
-           "createTime": now(), "updateTime": now()}
-    with b.lock:
-        b.custom_jobs[jid] = job
-    b.start_custom_job(job)
-    return copy.deepcopy(job)
+    return _start_training(b, body, body.get("jobSpec") or {}, "custom_job.job_spec", "customjob")
 
 
-@route("GET", "customJobs/(?P<rid>[^/:]+)")
-def get_custom_job(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    with b.lock:
-        return copy.deepcopy(_get(b.custom_jobs, m["rid"], "CustomJob", m["rid"]))
+# --- hyperparameter tuning jobs (aiplatform.HyperparameterTuningJob; the trials are custom jobs: `tuning`) ---------
 
 
-@route("GET", "customJobs")
-def list_custom_jobs(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    with b.lock:
-        return {"customJobs": _listing(b.custom_jobs, q)}
-
-
-@route("POST", "customJobs/(?P<rid>[^/:]+):cancel")
-def cancel_custom_job(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    _get(b.custom_jobs, m["rid"], "CustomJob", m["rid"])
-    b.cancel_pipeline(m["rid"], kind="customjob")
-    return {}
-
-
-@route("DELETE", "customJobs/(?P<rid>[^/:]+)")
-def delete_custom_job(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    with b.lock:
-        job = _get(b.custom_jobs, m["rid"], "CustomJob", m["rid"])
-        if job["state"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING"):
-            raise ApiError(400, f"CustomJob {job['name']} is running; cancel it first.", "FAILED_PRECONDITION")
-        del b.custom_jobs[m["rid"]]
-    return b.operation(b.parent(), done=True, metadata_type="DeleteOperationMetadata")
+@route("POST", "hyperparameterTuningJobs")
+def create_tuning_job(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    return tuning.create(b, body)
 
 
 # --- TensorBoards (the stand-in knows one: DEFAULT_TENSORBOARD) ---------------------------------------
@@ -159,32 +121,31 @@ def upload_model(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[st
         raise ApiError(400, "Model.displayName is required.")
     if not (model.get("containerSpec") or {}).get("imageUri"):
         raise ApiError(400, "Model.containerSpec.imageUri is required for a custom-container model.")
-    record = b.register_model(model)
-    return b.operation(b.parent(), done=True, response={"model": record["name"], "modelVersionId": "1"},
+    if body.get("parentModel"):  # a new version of an existing model (`versions`)
+        with b.lock:
+            record = versions.upload_version(b, body["parentModel"], model)
+    else:
+        record = b.register_model(model)
+    return b.operation(b.parent(), done=True, response={"model": record["name"], "modelVersionId": record["versionId"]},
                        response_type="UploadModelResponse", metadata_type="UploadModelOperationMetadata")
 
 
-@route("GET", f"models/{_ID}")
-def get_model(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+@route("GET", "models/(?P<rid>[^/:@]+):listVersions")
+def list_model_versions(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
     with b.lock:
-        return copy.deepcopy(_get(b.models, m["rid"], "Model", m["rid"]))
+        return versions.list_versions(b, m["rid"], m["rid"])
 
 
-@route("GET", "models")
-def list_models(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+@route("POST", f"models/{_ID}:mergeVersionAliases")
+def merge_version_aliases(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
     with b.lock:
-        return {"models": _listing(b.models, q)}
+        return versions.merge_aliases(b, m["rid"], m.get("version"), m["rid"], list(body.get("versionAliases") or []))
 
 
-@route("DELETE", f"models/{_ID}")
-def delete_model(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+@route("DELETE", "models/(?P<rid>[^/:@]+)@(?P<version>[^/:]+):deleteVersion")
+def delete_model_version(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
     with b.lock:
-        model = _get(b.models, m["rid"], "Model", m["rid"])
-        users = [e["name"] for e in b.endpoints.values()
-                 if any(d["model"].split("@")[0] == model["name"] for d in e.get("deployedModels", []))]
-        if users:
-            raise ApiError(400, f"Model {model['name']} is deployed to {users[0]}; undeploy it first.", "FAILED_PRECONDITION")
-        del b.models[m["rid"]]
+        versions.delete_version(b, m["rid"], m["version"], f"{m['rid']}@{m['version']}")
     return b.operation(b.parent(), done=True, metadata_type="DeleteOperationMetadata")
 
 
@@ -202,29 +163,6 @@ def create_endpoint(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict
         b.endpoints[eid] = endpoint
     return b.operation(b.parent(), done=True, response=copy.deepcopy(endpoint), response_type="Endpoint",
                        metadata_type="CreateEndpointOperationMetadata")
-
-
-@route("GET", "endpoints/(?P<rid>[^/:]+)")
-def get_endpoint(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    with b.lock:
-        return copy.deepcopy(_get(b.endpoints, m["rid"], "Endpoint", m["rid"]))
-
-
-@route("GET", "endpoints")
-def list_endpoints(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    with b.lock:
-        return {"endpoints": _listing(b.endpoints, q)}
-
-
-@route("DELETE", "endpoints/(?P<rid>[^/:]+)")
-def delete_endpoint(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    with b.lock:
-        endpoint = _get(b.endpoints, m["rid"], "Endpoint", m["rid"])
-        if endpoint.get("deployedModels"):
-            raise ApiError(400, f"Endpoint {endpoint['name']} has deployed models; undeploy them first.",
-                           "FAILED_PRECONDITION")
-        del b.endpoints[m["rid"]]
-    return b.operation(b.parent(), done=True, metadata_type="DeleteOperationMetadata")
 
 
 @route("POST", "endpoints/(?P<rid>[^/:]+):deployModel")
@@ -287,15 +225,21 @@ def undeploy_model(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[
                        metadata_type="UndeployModelOperationMetadata")
 
 
-@route("POST", "endpoints/(?P<rid>[^/:]+):predict")
-def predict(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+def _pick_deployment(b: Backend, rid: str) -> tuple[dict[str, Any], str, Deployment]:
+    """(endpoint, deployed model id, its server) for one prediction, drawn by the endpoint's traffic split."""
     with b.lock:
-        endpoint = _get(b.endpoints, m["rid"], "Endpoint", m["rid"])
+        endpoint = _get(b.endpoints, rid, "Endpoint", rid)
         split = {k: v for k, v in endpoint.get("trafficSplit", {}).items() if v > 0 and k in b.deployments}
         if not split:
             raise ApiError(400, f"Endpoint {endpoint['name']} has no deployed model serving traffic.", "FAILED_PRECONDITION")
         dmid = random.choices(list(split), weights=list(split.values()))[0]
-        dep = b.deployments[dmid]
+        return endpoint, dmid, b.deployments[dmid]
+
+
+@route("POST", "endpoints/(?P<rid>[^/:]+):predict")
+def predict(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    endpoint, dmid, dep = _pick_deployment(b, m["rid"])
+    with b.lock:
         deployed = next(d for d in endpoint["deployedModels"] if d["id"] == dmid)
     if not isinstance(body.get("instances"), list):
         raise ApiError(400, "instances: a list is required.")
@@ -328,37 +272,6 @@ def create_batch(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[st
     return copy.deepcopy(job)
 
 
-@route("GET", "batchPredictionJobs/(?P<rid>[^/:]+)")
-def get_batch(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    with b.lock:
-        return copy.deepcopy(_get(b.batch_jobs, m["rid"], "BatchPredictionJob", m["rid"]))
-
-
-@route("GET", "batchPredictionJobs")
-def list_batch(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    with b.lock:
-        return {"batchPredictionJobs": _listing(b.batch_jobs, q)}
-
-
-@route("POST", "batchPredictionJobs/(?P<rid>[^/:]+):cancel")
-def cancel_batch(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    with b.lock:
-        job = _get(b.batch_jobs, m["rid"], "BatchPredictionJob", m["rid"])
-        if job["state"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING"):
-            job.update(state="JOB_STATE_CANCELLING", updateTime=now())
-    return {}
-
-
-@route("DELETE", "batchPredictionJobs/(?P<rid>[^/:]+)")
-def delete_batch(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    with b.lock:
-        job = _get(b.batch_jobs, m["rid"], "BatchPredictionJob", m["rid"])
-        if job["state"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING"):
-            raise ApiError(400, f"BatchPredictionJob {job['name']} is running; cancel it first.", "FAILED_PRECONDITION")
-        del b.batch_jobs[m["rid"]]
-    return b.operation(b.parent(), done=True, metadata_type="DeleteOperationMetadata")
-
-
 @route("GET", r"(?:[^:]+/)?operations/(?P<rid>[^/:]+)")
 def get_operation(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
     with b.lock:
@@ -366,6 +279,107 @@ def get_operation(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[s
             if name.endswith(f"/operations/{m['rid']}"):
                 return copy.deepcopy(op)
     raise ApiError(404, f"Operation {m['rid']} is not found.")
+
+
+# --- get, list, cancel and delete: one handler per verb over a table of resource kinds -------------------------
+_RUNNING = ("JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING")
+
+
+def _cancel_batch(b: Backend, rid: str) -> None:
+    """The batch worker sees CANCELLING between chunks and ends the job CANCELLED."""
+    with b.lock:
+        job = b.batch_jobs[rid]
+        if job["state"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING"):
+            job.update(state="JOB_STATE_CANCELLING", updateTime=now())
+
+
+def _job_in_use(b: Backend, job: dict[str, Any]) -> str | None:
+    return "is running; cancel it first." if job["state"] in _RUNNING else None
+
+
+def _model_in_use(b: Backend, model: dict[str, Any]) -> str | None:
+    users = [e["name"] for e in b.endpoints.values()
+             if any(d["model"].split("@")[0] == model["name"] for d in e.get("deployedModels", []))]
+    return f"is deployed to {users[0]}; undeploy it first." if users else None
+
+
+def _endpoint_in_use(b: Backend, endpoint: dict[str, Any]) -> str | None:
+    return "has deployed models; undeploy them first." if endpoint.get("deployedModels") else None
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of resource, as a row: a later kind (tuning jobs, pipeline jobs) plugs in as one more."""
+
+    collection: str  # the REST collection: /v1/{parent}/<collection>/<id>
+    name: str  # the resource type, as Vertex names it in messages
+    table: str  # the Backend attribute holding them by id
+    rid: str = _RID  # the id in the path
+    cancel: Callable[[Backend, str], None] | None = None  # :cancel, when the kind has one
+    in_use: Callable[[Backend, dict[str, Any]], str | None] | None = None  # DELETE, refused while this says why
+
+
+KINDS = (
+    Kind("trainingPipelines", "TrainingPipeline", "pipelines", cancel=lambda b, rid: b.cancel_pipeline(rid)),
+    Kind("customJobs", "CustomJob", "custom_jobs", cancel=lambda b, rid: b.cancel_pipeline(rid, kind="customjob"),
+         in_use=_job_in_use),
+    Kind("models", "Model", "models", rid=_ID, in_use=_model_in_use),
+    Kind("endpoints", "Endpoint", "endpoints", in_use=_endpoint_in_use),
+    Kind("batchPredictionJobs", "BatchPredictionJob", "batch_jobs", cancel=_cancel_batch, in_use=_job_in_use),
+    Kind("hyperparameterTuningJobs", "HyperparameterTuningJob", "tuning_jobs", cancel=tuning.cancel,
+         in_use=_job_in_use),
+)
+
+
+def _get_handler(kind: Kind) -> Handler:
+    def get(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+        with b.lock:
+            if m.get("version"):  # models/{id}@{version or alias}
+                return copy.deepcopy(versions.resolve(b, m["rid"], m["version"], f"{m['rid']}@{m['version']}"))
+            return copy.deepcopy(_get(getattr(b, kind.table), m["rid"], kind.name, m["rid"]))
+
+    return get
+
+
+def _list_handler(kind: Kind) -> Handler:
+    def list_(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+        with b.lock:
+            return {kind.collection: _listing(getattr(b, kind.table), q)}
+
+    return list_
+
+
+def _cancel_handler(kind: Kind, cancel: Callable[[Backend, str], None]) -> Handler:
+    def cancel_(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+        with b.lock:
+            _get(getattr(b, kind.table), m["rid"], kind.name, m["rid"])
+        cancel(b, m["rid"])
+        return {}
+
+    return cancel_
+
+
+def _delete_handler(kind: Kind, in_use: Callable[[Backend, dict[str, Any]], str | None]) -> Handler:
+    def delete(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+        with b.lock:
+            items = getattr(b, kind.table)
+            resource = _get(items, m["rid"], kind.name, m["rid"])
+            why = in_use(b, resource)
+            if why:
+                raise ApiError(400, f"{kind.name} {resource['name']} {why}", "FAILED_PRECONDITION")
+            del items[m["rid"]]
+        return b.operation(b.parent(), done=True, metadata_type="DeleteOperationMetadata")
+
+    return delete
+
+
+for _kind in KINDS:
+    route("GET", f"{_kind.collection}/{_kind.rid}")(_get_handler(_kind))
+    route("GET", _kind.collection)(_list_handler(_kind))
+    if _kind.cancel:
+        route("POST", f"{_kind.collection}/{_RID}:cancel")(_cancel_handler(_kind, _kind.cancel))
+    if _kind.in_use:
+        route("DELETE", f"{_kind.collection}/{_kind.rid}")(_delete_handler(_kind, _kind.in_use))
 
 
 # --- the app ---------------------------------------------------------------------------------------------
@@ -378,6 +392,11 @@ def create_app(backend: Backend) -> FastAPI:
     def recorded() -> list[dict[str, Any]]:
         with backend.lock:
             return copy.deepcopy(backend.requests)
+
+    @app.get("/_local/restarts")
+    def restarts() -> dict[str, list[dict[str, Any]]]:
+        with backend.lock:  # Spot preemptions and restarts per job (localstack.preempt)
+            return copy.deepcopy(backend.restarts)
 
     @app.get("/_local/health")
     def health() -> dict[str, str]:
@@ -438,14 +457,7 @@ def _raw_predict(backend: Backend, path: str, raw: bytes, content_type: str) -> 
         if not m:
             raise ApiError(404, f"POST /{path} is not part of the local Vertex AI stand-in.")
         _check_parent(backend, m.groupdict())
-        with backend.lock:
-            endpoint = _get(backend.endpoints, m["rid"], "Endpoint", m["rid"])
-            split = {k: v for k, v in endpoint.get("trafficSplit", {}).items() if v > 0 and k in backend.deployments}
-            if not split:
-                raise ApiError(400, f"Endpoint {endpoint['name']} has no deployed model serving traffic.",
-                               "FAILED_PRECONDITION")
-            dmid = random.choices(list(split), weights=list(split.values()))[0]
-            dep = backend.deployments[dmid]
+        _, _, dep = _pick_deployment(backend, m["rid"])
         r = backend.forward_raw(dep, raw, content_type)
         return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"))
     except ApiError as err:

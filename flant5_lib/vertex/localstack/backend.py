@@ -27,6 +27,8 @@ import httpx
 
 from flant5_lib import storage
 from flant5_lib.procs import free_port, stop_process
+from flant5_lib.vertex.localstack import checks
+from flant5_lib.vertex.localstack.errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +39,6 @@ _DEPLOY_TIMEOUT_S = 300.0
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class ApiError(Exception):
-    """An answer in Google's JSON error format; the SDK turns it into its own exception class."""
-
-    _STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 409: "ALREADY_EXISTS", 412: "FAILED_PRECONDITION",
-               500: "INTERNAL", 504: "DEADLINE_EXCEEDED"}
-
-    def __init__(self, code: int, message: str, status: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-        self.status = status or self._STATUS.get(code, "UNKNOWN")
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "status": self.status}}
 
 
 def _tail(path: Path, lines: int = 8) -> str:
@@ -86,12 +73,16 @@ class Backend:
     custom_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     tensorboards: set[str] = field(default_factory=set)  # full resource names that exist
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_versions: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # id -> versionId -> (`versions`)
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
     batch_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tuning_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # hyperparameterTuningJobs (`tuning`)
     operations: dict[str, dict[str, Any]] = field(default_factory=dict)
     deployments: dict[str, Deployment] = field(default_factory=dict)  # deployed model id -> server
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)  # pipeline id -> trainer
     requests: list[dict[str, Any]] = field(default_factory=list)
+    preempt: Any = None  # localstack.preempt.PreemptPlan: Spot replicas are preempted and restarted (None: never)
+    restarts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # job resource name -> preemptions
     deploy_timeout_s: float = _DEPLOY_TIMEOUT_S
     sync_wait_s: float = 30.0  # how long a deploy request waits before answering with a pending operation
     _counter: int = 1000
@@ -123,7 +114,7 @@ class Backend:
                          response_type: str | None = None, error: ApiError | None = None) -> None:
         with self.lock:
             if error is not None:
-                op["error"] = {"code": _grpc_code(error.status), "message": error.message}
+                op["error"] = error.rpc_status()
             elif response_type:
                 op["response"] = {"@type": TYPE_PREFIX + response_type, **(response or {})}
             else:
@@ -137,18 +128,13 @@ class Backend:
 
     # --- training ---------------------------------------------------------------------------------
 
-    def start_pipeline(self, pipeline: dict[str, Any]) -> None:
-        threading.Thread(target=self._run_training, args=(pipeline, "pipeline"), daemon=True,
-                         name=f"pipeline-{pipeline['name']}").start()
-
-    def start_custom_job(self, job: dict[str, Any]) -> None:
-        threading.Thread(target=self._run_training, args=(job, "customjob"), daemon=True,
-                         name=f"customjob-{job['name']}").start()
+    def start_training(self, resource: dict[str, Any], kind: str) -> None:
+        """Run a TrainingPipeline (kind 'pipeline') or a CustomJob ('customjob') in the background."""
+        threading.Thread(target=self._run_training, args=(resource, kind), daemon=True,
+                         name=f"{kind}-{resource['name']}").start()
 
     def _command(self, pool: dict[str, Any], job_dir: Path) -> tuple[list[str], str]:
         """The command the container would run, with this interpreter in place of the image's python."""
-        from flant5_lib.vertex.localstack import checks
-
         if "python_package_spec" in pool or "pythonPackageSpec" in pool:
             spec = pool.get("python_package_spec") or pool.get("pythonPackageSpec")
             src = self._unpack(spec.get("package_uris") or spec.get("packageUris") or [], job_dir)
@@ -207,11 +193,7 @@ class Backend:
             if pythonpath:
                 env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH", "")) if p)
             log.info("pipeline %s: %s", pid, " ".join(cmd))
-            with open(log_path, "wb") as out:
-                proc = subprocess.Popen(cmd, cwd=job_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
-                with self.lock:
-                    self.processes[pid] = proc
-                code = proc.wait()
+            code = self._run_replica(pid, pipeline, states, inputs, cmd, job_dir, env, log_path)
             if pipeline.get("state") == states + "CANCELLING":
                 self._set_pipeline(pipeline, states + "CANCELLED", endTime=now())
                 return
@@ -228,13 +210,30 @@ class Backend:
             self._set_pipeline(pipeline, states + "SUCCEEDED", endTime=now())
         except ApiError as err:
             with self.lock:
-                pipeline["error"] = {"code": _grpc_code(err.status), "message": err.message}
+                pipeline["error"] = err.rpc_status()
             self._set_pipeline(pipeline, states + "FAILED", endTime=now())
         except Exception as err:  # a stand-in bug must still end the job, never leave the SDK polling forever
             log.exception("%s %s crashed", kind, pid)
             with self.lock:
-                pipeline["error"] = {"code": 13, "message": f"local stand-in error: {type(err).__name__}: {err}"}
+                pipeline["error"] = ApiError(500, f"local stand-in error: {type(err).__name__}: {err}").rpc_status()
             self._set_pipeline(pipeline, states + "FAILED", endTime=now())
+
+    def _run_replica(self, pid: str, pipeline: dict[str, Any], states: str, inputs: dict[str, Any], cmd: list[str],
+                     job_dir: Path, env: dict[str, str], log_path: Path) -> int:
+        """The replica's process to its end; a Spot job is preempted and restarted as `self.preempt` says."""
+        from flant5_lib.vertex.localstack import preempt
+
+        def started(proc: subprocess.Popen[bytes]) -> None:
+            with self.lock:
+                self.processes[pid] = proc
+
+        def restarted(row: dict[str, Any]) -> None:
+            with self.lock:
+                self.restarts.setdefault(pipeline["name"], []).append(row)
+
+        plan = self.preempt if preempt.strategy_name(inputs) == "SPOT" else None
+        return preempt.run_replica(cmd, job_dir, env, log_path, plan, on_start=started, on_restart=restarted,
+                                   cancelled=lambda: pipeline.get("state") == states + "CANCELLING")
 
     def _job_env(self, pool: dict[str, Any], base_uri: str, inputs: dict[str, Any]) -> dict[str, str]:
         spec = (pool.get("python_package_spec") or pool.get("pythonPackageSpec") or pool.get("containerSpec")
@@ -299,8 +298,6 @@ class Backend:
     def start_server(self, model: dict[str, Any], dmid: str, endpoint_id: str) -> Deployment:
         """Start `python -m flant5_lib serve` as Vertex would start the serving container (the project's serving
         images only; anything else fails clearly instead of silently serving the project's server)."""
-        from flant5_lib.vertex.localstack import checks
-
         spec = model.get("containerSpec", {})
         checks.serving_image(spec.get("imageUri", ""))
         port = free_port()
@@ -398,12 +395,6 @@ class Backend:
             stop_process(proc)
 
 
-def _grpc_code(status: str) -> int:
-    return {"INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5, "ALREADY_EXISTS": 6,
-            "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "INTERNAL": 13,
-            "UNAVAILABLE": 14}.get(status, 2)
-
-
 def run_batch_job(backend: Backend, job: dict[str, Any]) -> None:
     """Batch prediction: start the model's server, send the JSONL instances, write Vertex-style result files."""
     jid = job["name"].rsplit("/", 1)[1]
@@ -449,10 +440,10 @@ def run_batch_job(backend: Backend, job: dict[str, Any]) -> None:
         update(state="JOB_STATE_SUCCEEDED", endTime=now(), outputInfo={"gcsOutputDirectory": out_dir},
                completionStats={"successfulCount": str(len(rows))})
     except ApiError as err:
-        update(state="JOB_STATE_FAILED", endTime=now(), error={"code": _grpc_code(err.status), "message": err.message})
+        update(state="JOB_STATE_FAILED", endTime=now(), error=err.rpc_status())
     except Exception as err:  # never leave the SDK polling forever
         log.exception("batch job %s crashed", jid)
-        update(state="JOB_STATE_FAILED", endTime=now(), error={"code": 13, "message": f"{type(err).__name__}: {err}"})
+        update(state="JOB_STATE_FAILED", endTime=now(), error=ApiError(500, f"{type(err).__name__}: {err}").rpc_status())
     finally:
         if dep is not None:
             stop_process(dep.process)

@@ -1,4 +1,5 @@
-"""What the stand-in refuses, with the status Vertex gives: the same rules as `flant5 vertex preflight`.
+"""What the stand-in refuses, with the status Vertex gives: the same rules as `flant5 vertex preflight` (`presets`
+for hardware, `images` for what an image can run), worded as Vertex words them.
 
 Request-time refusals (400 INVALID_ARGUMENT before anything runs): impossible machine/accelerator pairs and counts,
 a GPU the region does not offer, a TensorBoard without a service account or one that does not exist. Run-time
@@ -13,10 +14,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from flant5_lib.vertex import images
-from flant5_lib.vertex.localstack.backend import ApiError
-from flant5_lib.vertex.preflight import load_accelerators, requirement_conflicts
-from flant5_lib.vertex.presets import machine_problem
+from flant5_lib.vertex import images, presets
+from flant5_lib.vertex.localstack.errors import ApiError
 
 
 def _get(d: dict[str, Any], snake: str) -> Any:
@@ -47,12 +46,11 @@ def machine_spec(spec: dict[str, Any] | None, where: str, region: str) -> None:
         raise ApiError(400, f"{where}.machineSpec.machineType is required.")
     acc = _accelerator_name(_get(spec, "accelerator_type"))
     count = int(float(_get(spec, "accelerator_count") or 0))
-    problem = machine_problem(str(machine), acc, count, "spec")
+    problem = presets.machine_problem(str(machine), acc, count, "spec")
     if problem:
         raise ApiError(400, f"{where}.machineSpec: accelerator {acc or 'none'} x {count} is not supported for machine "
                             f"type {machine} ({problem.split(': ', 1)[1].split('; set ')[0]}).")
-    regions = load_accelerators().get("regions") or {}
-    if acc and region in regions and acc not in regions[region]:
+    if acc and presets.offered_in(acc, region) is False:
         raise ApiError(400, f"{where}.machineSpec: accelerator type {acc} is not supported in location {region}.")
 
 
@@ -63,6 +61,21 @@ def worker_pools(pools: list[dict[str, Any]], where: str, region: str) -> None:
         if int(float(_get(pool, "replica_count") or 0)) < 1 and i == 0:
             raise ApiError(400, f"{where}.workerPoolSpecs[0].replicaCount must be 1.")
         machine_spec(_get(pool, "machine_spec"), f"{where}.workerPoolSpecs[{i}]", region)
+
+
+def scheduling(spec: dict[str, Any], where: str, region: str) -> None:
+    """400 for a scheduling strategy Vertex refuses on the job's machine, GPU or region (rules.scheduling_problem)."""
+    from flant5_lib.vertex.localstack.preempt import strategy_name
+    from flant5_lib.vertex.rules import scheduling_problem
+
+    strategy = strategy_name(spec)
+    for i, pool in enumerate(_get(spec, "worker_pool_specs") or []):
+        m = _get(pool, "machine_spec") or {}
+        acc = _accelerator_name(_get(m, "accelerator_type")) if int(float(_get(m, "accelerator_count") or 0)) else None
+        problem = scheduling_problem(strategy, str(_get(m, "machine_type") or ""), acc, region)
+        if problem:
+            raise ApiError(400, f"{where}.scheduling.strategy: {strategy} is not supported for "
+                                f"workerPoolSpecs[{i}] ({problem.split(': ', 1)[1]}).")
 
 
 def tensorboard(known: set[str], name: str | None, service_account: str | None, where: str) -> None:
@@ -96,7 +109,7 @@ def script_image(uri: str, package_root: Path) -> None:
     if info.role != "train":
         raise ApiError(400, f"executorImageUri {uri} is a serving image, not a training image.")
     if info.source == "prebuilt":
-        conflicts = requirement_conflicts(info, _setup_requirements(package_root))
+        conflicts = images.requirement_conflicts(info, _setup_requirements(package_root))
         if conflicts:
             raise ApiError(500, "The replica workerpool0-0 exited with a non-zero status of 1. On the image "
                                 f"{info.name}: " + "; ".join(conflicts) + ". (Checked by the local stand-in against "

@@ -11,7 +11,7 @@ import copy
 import re
 from typing import Any
 
-from flant5_lib.vertex.localstack.backend import ApiError
+from flant5_lib.vertex.localstack.errors import ApiError
 
 # snake_case names the filter and order_by use -> the resource's JSON field
 _FIELDS = {"display_name": "displayName", "create_time": "createTime", "update_time": "updateTime",

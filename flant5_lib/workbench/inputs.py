@@ -1,8 +1,9 @@
-"""What `flant5 run` checks before the first notebook starts, so a mistake costs seconds, not a training run.
+"""The inputs of a run, checked by `flant5 run` before the first notebook starts: a mistake costs seconds, not a
+training run.
 
 The dataset (format, and the splits the selected notebooks read), the model and tokenizer (a local folder, gs://,
 or a hub id that is cached or reachable), a trained model for notebooks that need one, and the Vertex settings
-(`flant5_lib.vertex.preflight`). Every problem is one line naming the parameter and the `--set` that fixes it;
+(the rule set of `flant5_lib.vertex.rules`, which `flant5 vertex preflight` runs). Every problem is one line naming the parameter and the `--set` that fixes it;
 nothing heavy is imported (no torch, no transformers), so an offline hub id fails in well under 5 s.
 """
 
@@ -92,7 +93,9 @@ def has_trained_model(run_dir: Path) -> bool:
     return any((run_dir / sub / "config.json").is_file() for sub in ("model", "vertex/model"))
 
 
-def check_models(params: Params, numbers: Sequence[str], run_dir: Path) -> None:
+def check_models(params: Params, numbers: Sequence[str], run_dir: Path, *, fresh: bool = False) -> None:
+    """The model and tokenizer the selected notebooks load, and the trained model the later ones read (`fresh`: the
+    run folder is cleared first, so a model in it does not count)."""
     local_model = {"00", "01"} & set(numbers) or ("03" in numbers and params.compare_untuned) or (
         "02" in numbers and params.vertex_mode == "local")
     if local_model:
@@ -101,29 +104,28 @@ def check_models(params: Params, numbers: Sequence[str], run_dir: Path) -> None:
         check_model_spec(params.tokenizer_name, "tokenizer_name")
     trains = {"01", "02"} & set(numbers)
     readers = [n for n in numbers if n in ("03", "04", "05")]
-    if readers and not trains and params.vertex_mode == "local" and not has_trained_model(run_dir):
+    if readers and not trains and params.vertex_mode == "local" and (fresh or not has_trained_model(run_dir)):
+        if fresh:
+            raise UserError(f"{run_dir}: --fresh clears the trained model notebook {readers[0]} reads; add 01 to "
+                            "--only, or pass --resume")
         raise UserError(f"{run_dir}: no trained model for notebook {readers[0]}; add 01 to --only (or run it first "
-                        "with the same --out)")
+                        "with the same --out, then this with --resume)")
 
 
 def check_vertex(params: Params, numbers: Sequence[str], source: str) -> None:
-    """The request checks of `vertex.specs` and the cloud preflight of `flant5_lib.vertex` (images, quotas, ...)."""
+    """The Vertex rule set (machines, GPUs per region, images, TensorBoard, settings) for the Vertex notebooks."""
     if not set(numbers) & set(VERTEX_NOTEBOOKS):
         return
-    from flant5_lib.vertex import preflight
-    from flant5_lib.vertex import specs as vertex
+    from flant5_lib.vertex import rules
 
-    try:
-        vertex.check_params(vertex.resolve(params), dry_run=True, train=True, deploy=True)
-    except UserError as err:
-        raise ParamsError(f"{source}: {err}") from None
-    found = preflight.problems(params)
+    found = rules.problems(params)
     if found:
         raise ParamsError(f"{source}: " + "; ".join(found))
 
 
-def preflight(params: Params, numbers: Sequence[str], run_dir: Path, source: str = "params") -> None:
+def check_inputs(params: Params, numbers: Sequence[str], run_dir: Path, source: str = "params", *,
+                 fresh: bool = False) -> None:
     """Every check above, cheapest first; the first problem stops the run with one line."""
     check_vertex(params, numbers, source)
-    check_models(params, numbers, run_dir)
+    check_models(params, numbers, run_dir, fresh=fresh)
     check_dataset(params, numbers)

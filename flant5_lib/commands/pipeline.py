@@ -1,0 +1,163 @@
+"""`flant5 pipeline compile|run|status`: the evaluation-gated release pipeline (Kubeflow Pipelines v2).
+
+kfp is imported inside the commands, so `flant5 --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+DESCRIPTION = """The release pipeline: preflight, training (locally or as `flant5 vertex train`), evaluation of the
+candidate and of the incumbent (the version aliased 'default') on the same test examples, the paired comparison, a
+gate (gate_min_rouge1, gate_min_rougeL, gate_tolerance), then a new version of the same model in the Model Registry,
+deployed and aliased 'default'. A candidate the gate stops is not uploaded; gate.json says why. See
+docs/release-pipeline.md."""
+
+EXAMPLES = """examples:
+  flant5 pipeline compile --params params/vertex-a100.yaml --out runs/pipeline/release.yaml
+  flant5 pipeline compile --params params/vertex-a100.yaml --dry-run      # the steps and their image
+  flant5 pipeline run --local --params params/local-smoke.yaml --work-dir runs/release   # offline: kfp.local + stand-in
+  flant5 pipeline run --params params/vertex-a100.yaml --work-dir /gcs/BUCKET/release    # Vertex AI Pipelines
+  flant5 pipeline status --work-dir runs/release
+  flant5 pipeline rollback --params params/vertex-a100.yaml --model projects/P/locations/R/models/ID --version 1"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pipeline", help="the evaluation-gated release pipeline: compile, run (offline too), status",
+                       description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--params", metavar="FILE", help="params YAML (local path or gs:// URI)")
+        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one parameter (repeatable)")
+        q.add_argument("--local-stack", metavar="STATE", help="state file of `flant5 vertex local-stack` (offline stand-ins)")
+
+    c = _action(actions, "compile", "write the pipeline spec YAML (what aiplatform.PipelineJob submits)",
+                'flant5 pipeline compile --params params/vertex-a100.yaml --out runs/pipeline/release.yaml')
+    common(c)
+    c.add_argument("--out", metavar="FILE", default="runs/pipeline/release.yaml", help="spec file (default %(default)s)")
+    c.add_argument("--dry-run", action="store_true", help="print the steps and their image; write nothing")
+    c.set_defaults(func=_compile)
+
+    r = _action(actions, "run", "run the pipeline: --local with kfp.local and the stand-in, else on Vertex AI Pipelines",
+                'flant5 pipeline run --params params/local-smoke.yaml --local')
+    common(r)
+    r.add_argument("--local", action="store_true", help="run offline with kfp.local (starts a stand-in unless --local-stack)")
+    r.add_argument("--work-dir", metavar="DIR", default="runs/release",
+                   help="folder the steps write their records to (on Vertex: a /gcs/BUCKET/... path); default %(default)s")
+    r.add_argument("--no-deploy", action="store_true", help="register and promote the new version, but do not deploy it")
+    r.set_defaults(func=_run)
+
+    v = _action(actions, "rollback", "list a model's versions, or move its 'default' alias back to one",
+                'flant5 pipeline rollback --params params/vertex-a100.yaml --model projects/P/locations/L/models/ID --version 1')
+    common(v)
+    v.add_argument("--model", metavar="NAME", required=True, help="model resource name (projects/.../models/ID)")
+    v.add_argument("--version", metavar="ID", help="version to make the default; without it, list the versions")
+    v.set_defaults(func=_rollback)
+
+    s = _action(actions, "status", "what a run's steps recorded: the gate's decision, the version registered",
+                'flant5 pipeline status --work-dir runs/release')
+    s.add_argument("--work-dir", metavar="DIR", default="runs/release", help="the run's --work-dir (default %(default)s)")
+    s.set_defaults(func=_status)
+
+
+def _params(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Any:
+    from flant5_lib.config import load_params, parse_set
+
+    overrides: dict[str, Any] = dict(extra or {})
+    if args.local_stack:
+        from flant5_lib.vertex.localstack import attach
+
+        overrides.update(attach(args.local_stack) or {})
+    overrides.update(parse_set(args.set))
+    return load_params(args.params, overrides)
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from flant5_lib.pipeline import graph
+
+    params = _params(args)
+    if args.dry_run:
+        print(json.dumps({"pipeline": params.pipeline_display_name, "image": graph.image(params),
+                          "train_on": params.pipeline_train_on, "steps": list(graph.STEPS)}, indent=2))
+        return 0
+    print(graph.compile_spec(params, args.out))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flant5_lib.pipeline import graph, runner
+
+    if not args.local:
+        params = _params(args)
+        runner.pipeline_root(params)  # a bad pipeline_root is one line before anything is compiled
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = graph.compile_spec(params, Path(tmp) / "release.yaml")
+            job = _api(runner.submit, "submit the PipelineJob", params, spec, args.work_dir, deploy=not args.no_deploy)
+        print(job.resource_name)
+        return 0
+    if args.local_stack:
+        summary = runner.run_local(_params(args), args.work_dir, deploy=not args.no_deploy)
+    else:
+        from flant5_lib.vertex.localstack import start_local_stack
+
+        with start_local_stack(Path(args.work_dir) / "stand-in") as stack:
+            summary = runner.run_local(_params(args, stack.params_overrides()), args.work_dir,
+                                       deploy=not args.no_deploy)
+    _print_summary(summary)
+    return 0 if summary["outcome"] != "running or failed" else 1
+
+
+def _api(fn: Any, action: str, *a: Any, **kw: Any) -> Any:
+    """An SDK call whose API errors become one line (as `flant5 vertex` does)."""
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
+
+    from flant5_lib.vertex.specs import explain_api_error
+
+    try:
+        return fn(*a, **kw)
+    except (gexc.GoogleAPIError, auth_exc.GoogleAuthError) as err:
+        raise explain_api_error(err, action) from None
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from flant5_lib.pipeline import registry
+
+    params = _params(args)
+    if args.version:
+        model = _api(registry.promote, "move the default alias", params, args.model, args.version)
+        print(f"{model.resource_name}@{model.version_id} aliases {','.join(model.version_aliases)}")
+        return 0
+    for row in _api(registry.versions, "list the versions", params, args.model):
+        print(f"{row['version_id']:>4}  {','.join(row['aliases']) or '-':<20} {row['created']}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from flant5_lib.pipeline import runner
+
+    _print_summary(runner.status(args.work_dir))
+    return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    steps = summary["steps"]
+    print(f"{summary['work_dir']}: {summary['outcome']}")
+    gate = steps.get("gate")
+    if gate:
+        for check in gate["checks"]:
+            mark = "ok  " if check["passed"] else "FAIL"
+            print(f"  {mark} {check['reason'] if not check['passed'] else check['check']}")
+    if "promote" in steps:
+        print(f"  {steps['promote']['model']} aliases {','.join(steps['promote']['aliases'])}")
+
+
+def _action(actions: argparse._SubParsersAction, name: str, text: str, example: str) -> argparse.ArgumentParser:
+    """One sub-command with its help line, the same sentence as its description, and one example."""
+    return actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
+                              epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
