@@ -138,12 +138,16 @@ def worker(spec: dict[str, Any]) -> int:
             reply({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
             return 0
         rows = inputs[: cmd["n"]]
-        batches = [rows[i : i + cmd["batch"]] for i in range(0, len(rows), cmd["batch"])]
+        # sort: every engine gets the same length-sorted batches (the fair comparison); otherwise arrival order, as
+        # a user's own batching would cut them. Summaries go back to input order either way.
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i])) if cmd.get("sort") else list(range(len(rows)))
+        batches = [[rows[j] for j in order[i : i + cmd["batch"]]] for i in range(0, len(rows), cmd["batch"])]
         # Timed: each engine's own generation call, with exactly `tokens` new tokens (detokenising, microseconds for
         # 16 tokens, is left out for all alike); the ids come back when asked for, for the agreement check.
         cpu, wall = time.process_time(), time.perf_counter()
-        ids = [row for b in batches for row in engine.ids(b, cmd["tokens"])]
+        out = [row for b in batches for row in engine.ids(b, cmd["tokens"])]
         wall = time.perf_counter() - wall
+        ids = [row for _, row in sorted(zip(order, out))]
         reply({"dlg_s": len(rows) / wall, "wall_s": wall, "cpu_s": time.process_time() - cpu,
                "ids": ids if cmd.get("keep_ids") else None})
     return 1
@@ -358,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     from flant5_lib.modeling import load_tokenizer
     from flant5_lib.preprocess import encode_sources
     from flant5_lib.serve.hardware import choose_backend, detect_cpu
+    from machine import LoadWatch  # benchmarks/machine.py: the one rule for a noisy run (not in the peer's workers)
 
     cpu = detect_cpu()
     model = ensure_model(args.model)
@@ -381,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     ceilings_cpu: dict[int, float] = {}
     ref_ids: list[list[int]] | None = None
     agree: dict[str, dict[str, float]] = {}
+    watch = LoadWatch().__enter__()  # stopped after the last measurement, before the table
     for threads in thread_counts:
         ceilings[threads], ceilings_cpu[threads] = int8_ceiling_gops(threads)
         print(f"[{threads} thread(s)] int8 matmul ceiling {ceilings[threads]:.0f} GOP/s "
@@ -396,20 +402,23 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{threads} thread(s)] {name}: loaded in {workers[-1].ready['load_s']:.1f} s", file=sys.stderr)
             for w in workers:
                 w.ask(cmd="run", batch=2, n=2, tokens=args.tokens)  # warm-up (first-call allocations, lazy init)
-                results[(w.label, threads)] = {"b1": [], "b16": [], "b16_cpu": []}
+                results[(w.label, threads)] = {"b1": [], "b16": [], "b16_cpu": [], "b16_arrival": []}
             for rep in range(args.reps):
                 order = workers[rep % len(workers):] + workers[: rep % len(workers)]  # rotate who goes first
-                for batch, n, key in ((16, args.dialogues, "b16"), (1, args.batch1_dialogues, "b1")):
+                for batch, n, key in ((16, args.dialogues, "b16"), (1, args.batch1_dialogues, "b1"),
+                                      (16, args.dialogues, "b16_arrival")):
                     for w in order:
-                        keep = rep == 0 and batch == 16 and threads == thread_counts[0]
-                        r = w.ask(cmd="run", batch=batch, n=n, tokens=args.tokens, keep_ids=keep)
+                        if key == "b16_arrival" and w.label != PEER:
+                            continue  # the peer as a user deploys it: batches in arrival order (Optimum sorts nothing)
+                        keep = rep == 0 and key == "b16" and threads == thread_counts[0]
+                        r = w.ask(cmd="run", batch=batch, n=n, tokens=args.tokens, keep_ids=keep, sort=key == "b16")
                         if keep:  # greedy ids of the first batch-16 pass, compared with the baseline's below
                             agree[w.label] = r["ids"]
                             ref_ids = r["ids"] if w.label == BASELINE else ref_ids
                         results[(w.label, threads)][key].append(r["dlg_s"])
                         if key == "b16":
                             results[(w.label, threads)]["b16_cpu"].append(n / r["cpu_s"])
-                        print(f"[{threads} thread(s)] rep {rep + 1} {w.label:<18} batch {batch:>2}: {r['dlg_s']:.2f} dlg/s "
+                        print(f"[{threads} thread(s)] rep {rep + 1} {w.label:<18} {key:<11}: {r['dlg_s']:.2f} dlg/s "
                               f"(cpu {r['cpu_s'] / r['wall_s']:.2f} cores)", file=sys.stderr)
         finally:
             for w in workers:
@@ -418,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as err:  # a dead worker: report what we have
                     print(f"{w.label}: {err}", file=sys.stderr)
                     w.proc.kill()
+    watch.__exit__(None, None, None)
     if ref_ids is not None:
         agree = {k: agreement(ref_ids, v) for k, v in agree.items()}
 
@@ -426,15 +436,20 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.dialogues} dialogues at batch 16 and {args.batch1_dialogues} at batch 1, mean "
           f"{statistics.mean(len(s) for s in ids[: args.dialogues]):.0f} source tokens; exactly {args.tokens} new tokens; "
           f"{args.reps} interleaved repetitions, medians (spread = (max-min)/median); "
-          f"{gflop:.1f} GFLOP per dialogue; auto choice: {auto.describe()}")
+          f"{gflop:.1f} GFLOP per dialogue; auto choice: {auto.describe()}\n"
+          f"batch 16: every engine gets the same length-sorted batches; 'onnxrt-int8 arrival' is the peer as a user deploys it, fed batches in "
+          f"arrival order\n{watch.line()}")
     head = (f"{'engine':<20}{'thr':>4}{'b1 dlg/s':>10}{'b16 dlg/s':>11}{'spread':>8}{'b16 vs fp32':>12}{'b16 vs peer':>12}"
             f"{'b1 vs peer':>11}{'b16 dlg/CPU-s':>14}{'% int8 roof':>12}{'(per CPU-s)':>12}{'peak RSS':>10}{'disk':>9}{'same ids':>9}")
-    print(head)
+    print(("NOISY RUN: " if watch.noisy else "") + head)
     summary: dict[str, Any] = {"cpu": cpu.model, "isa": cpu.isa, "inputs": source, "auto": auto.describe(),
-                               "gflop_per_dialogue": round(gflop, 1)}
+                               "gflop_per_dialogue": round(gflop, 1), "batches": "length-sorted, same for every engine",
+                               **watch.report()}
     for r in results.values():
         if r.get("b16"):
             r["median"] = {k: statistics.median(r[k]) for k in ("b1", "b16", "b16_cpu")}
+            if r.get("b16_arrival"):
+                r["median"]["b16_arrival"] = statistics.median(r["b16_arrival"])
     for (name, threads), r in results.items():
         if "median" not in r:
             continue
@@ -457,9 +472,15 @@ def main(argv: list[str] | None = None) -> int:
                                          "int8_roof_share_b16": round(share, 3), "int8_roof_share_b16_per_cpu_s": round(share_cpu, 3), "peak_rss_gb": round(r.get("peak_rss", 0) / 1e9, 2),
                                          "disk_mb": round(disk[name]), "spread": round(max(spread(r["b1"]), spread(r["b16"])), 2),
                                          "same_ids": round(a["sequences"], 3) if a else None}
+        peer = results.get((PEER, threads), {}).get("median", {})
+        if name == PEER and "b16_arrival" in med:
+            print(f"{'onnxrt-int8 arrival':<20}{threads:>4}{med['b1']:>10.2f}{med['b16_arrival']:>11.2f}{spread(r['b16_arrival']):>7.0%} "
+                  f"{'':>11}{_fmt(round(med['b16_arrival'] / med['b16'], 2)):>12}   (batches in arrival order)")
+            summary[f"{name}@{threads}t"]["b16_arrival_dlg_s"] = round(med["b16_arrival"], 2)
+        elif "b16_arrival" in peer:
+            summary[f"{name}@{threads}t"]["b16_vs_peer_as_deployed"] = round(med["b16"] / peer["b16_arrival"], 2)
     summary["int8_roof_gops"] = {f"{t}t": round(c) for t, c in ceilings.items()}
     summary["int8_roof_gop_per_cpu_s"] = {f"{t}t": round(c) for t, c in ceilings_cpu.items()}
-    summary["load_avg_1min"] = round(os.getloadavg()[0], 1)
     print(json.dumps(summary))
     return 0
 

@@ -35,11 +35,17 @@ import psutil
 
 from flant5_lib.procs import free_port, stop_process, wait_for_http
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import LoadWatch  # noqa: E402  benchmarks/machine.py: the one rule for a noisy run
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / ".cache" / "bench" / "base-arch"
 T5_TOKENIZER = REPO.parent / "shared" / "tokenizers" / "t5"
+# Every config admits 64 queued dialogues, so no closed loop here (16 clients at most) is ever shed: a ratio compares
+# servers that answered every request, never a server that said 429 to most of them (the naive server's own default
+# queue, 4 x its batch of 1, sheds at 16 clients).
 CONFIGS = {
-    "naive": ["serve_max_batch_size=1", "serve_backend=hf"],
+    "naive": ["serve_max_batch_size=1", "serve_backend=hf", "serve_max_queue_dialogues=64"],
     "batched": ["serve_max_batch_size=16", "serve_max_wait_ms=10", "serve_backend=hf"],
     "batched+ct2": ["serve_max_batch_size=16", "serve_max_wait_ms=10", "serve_backend=ctranslate2"],
 }
@@ -120,6 +126,28 @@ async def load(base: str, dialogues: list[str], clients: int, per_client: int | 
         "p95_ms": 1000 * lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))],
         "wall_s": wall,
     }
+
+
+def bare_engine_ms(model: Path, settings: list[str], threads: int, dialogues: list[str], tokens: int) -> float:
+    """Median ms of the server's own engine call for one dialogue (encode + backend.generate + decode), loaded as the
+    server loads it but called in this process with no HTTP: the floor the server's 1-client p50 is set against."""
+    from flant5_lib.config import Params
+    from flant5_lib.preprocess import encode_sources
+    from flant5_lib.serve.backends import load_backend
+
+    overrides = dict(s.split("=", 1) for s in settings if s.startswith("serve_backend="))
+    params = Params(serve_threads=threads, **overrides)
+    backend = load_backend(model, params, device="cpu")
+    gen = {"max_new_tokens": tokens, "min_new_tokens": tokens, "num_beams": 1, "do_sample": False}
+    times = []
+    for i, dialogue in enumerate(dialogues[:18]):
+        t = time.perf_counter()
+        ids, _ = encode_sources(backend.tokenizer, [dialogue], params)
+        backend.generate(ids, gen)
+        if i >= 2:  # two warm-up calls
+            times.append(time.perf_counter() - t)
+    del backend
+    return 1000 * statistics.median(times)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -313,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--soak", action="store_true", help="also run 60 s at 32 clients per config (failures, memory)")
     ap.add_argument("--soak-configs", default="batched,batched+ct2")
     ap.add_argument("--tokens", type=int, default=16, help="new tokens per summary (fixed)")
-    ap.add_argument("--clients", default="1,4,16,32")
+    ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level (at least; --quick: 16)")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--threads", type=int, default=1,
                     help="serve_threads for every config (1: this shared 2-core machine, where 2 OpenMP threads thrash; "
@@ -331,12 +360,16 @@ def main(argv: list[str] | None = None) -> int:
     model = ensure_model(args.model)
     dialogues = [r["dialogue"] for r in generate_records(64, seed=123)]
     levels = [int(c) for c in args.clients.split(",")]
-    rounds = 1 if args.quick else 3  # requests per client; a lone client sends a few more
+    per_level = 16 if args.quick else args.requests
     log_dir = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     results: dict[str, dict[int, dict]] = {}
     soak: dict[str, dict] = {}
     pressed = pressure(args, model, dialogues, log_dir) if args.overload or args.large_payload or args.fuzz or args.burst else {}
-    for name in [c for c in args.configs.split(",") if c]:
+    configs = [c for c in args.configs.split(",") if c]
+    os.environ["FLANT5_CACHE_DIR"] = str(log_dir / "cache")  # the servers' cache too: one CTranslate2 conversion
+    engine_ms = {name: bare_engine_ms(model, CONFIGS[name], args.threads, dialogues, args.tokens) for name in configs}
+    watch = LoadWatch().__enter__()
+    for name in configs:
         server = Server(model, [*CONFIGS[name], f"serve_threads={args.threads}"], log_dir, name)
         try:
             t = time.monotonic()
@@ -345,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(load(server.base, dialogues, 2, 2, args.tokens))  # warm-up
             results[name] = {}
             for c in levels:
-                per_client = rounds if c > 1 else 3 * rounds
+                per_client = -(-per_level // c)  # at least `per_level` requests at every level
                 results[name][c] = r = asyncio.run(load(server.base, dialogues, c, per_client, args.tokens))
                 print(f"[{name}] {c:>2} clients: {r['rps']:.2f} req/s p50 {r['p50_ms']:.0f} ms "
                       f"p95 {r['p95_ms']:.0f} ms ({r['requests']} requests, {r['failures']} failed)", file=sys.stderr)
@@ -358,12 +391,18 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop()
 
+    watch.__exit__(None, None, None)
     print(f"\nmodel: {model.name} (random weights); {args.tokens} new tokens per request; "
-          f"{os.cpu_count()} CPU cores, serve_threads={args.threads}; {'quick' if args.quick else 'full'} run")
-    print(f"{'config':<13}{'clients':>8}{'requests':>10}{'failed':>8}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}")
+          f"{os.cpu_count()} CPU cores, serve_threads={args.threads}; "
+          f"{'quick run: a smoke test, quote no ratio from it' if args.quick else 'full run'}\n{watch.line()}\n"
+          "engine ms: the bare engine's median time for one dialogue (the server's backend.generate, in this process, "
+          "no HTTP); overhead: p50 at 1 client minus that")
+    print(("NOISY RUN: " if watch.noisy else "") + f"{'config':<13}{'clients':>8}{'requests':>10}{'failed':>8}{'req/s':>9}"
+          f"{'p50 ms':>9}{'p95 ms':>9}{'engine ms':>11}{'overhead':>10}")
     for name, by_level in results.items():
         for c, r in by_level.items():
-            print(f"{name:<13}{c:>8}{r['requests']:>10}{r['failures']:>8}{r['rps']:>9.2f}{r['p50_ms']:>9.0f}{r['p95_ms']:>9.0f}")
+            extra = (f"{engine_ms[name]:>11.0f}{r['p50_ms'] - engine_ms[name]:>+9.0f}ms" if c == 1 else "")
+            print(f"{name:<13}{c:>8}{r['requests']:>10}{r['failures']:>8}{r['rps']:>9.2f}{r['p50_ms']:>9.0f}{r['p95_ms']:>9.0f}{extra}")
     if soak:
         print(f"\nsoak: 60 s at 32 clients\n{'config':<13}{'requests':>10}{'failed':>8}{'req/s':>9}{'p95 ms':>9}{'RSS start':>11}{'RSS end':>9}{'growth':>8}")
         for name, r in soak.items():
@@ -371,17 +410,32 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['rss_start_mb']:>10.0f}M{r['rss_end_mb']:>8.0f}M{r['rss_growth_pct']:>7.1f}%")
 
     def ratio(a: str, b: str, key: str, level: int) -> float | None:
+        """None unless both servers answered every request at that level (a shedding server is no baseline)."""
         try:
-            return round(results[a][level][key] / results[b][level][key], 2)
+            ra, rb = results[a][level], results[b][level]
+            return round(ra[key] / rb[key], 2) if ra["failures"] == rb["failures"] == 0 else None
         except (KeyError, ZeroDivisionError):
             return None
 
+    top = max(levels)
     summary = {
-        "batched_vs_naive_speedup": ratio("batched", "naive", "rps", 16),
-        "ct2_vs_batched_speedup": ratio("batched+ct2", "batched", "rps", 16),
+        "quick": args.quick, **watch.report(), "requests_per_level": per_level, "clients_top": top,
+        "batched_vs_naive_speedup": ratio("batched", "naive", "rps", top),
+        "ct2_vs_batched_speedup": ratio("batched+ct2", "batched", "rps", top),
+        "ct2_vs_naive_speedup": ratio("batched+ct2", "naive", "rps", top),
         "p95_1client_batched_over_naive": ratio("batched", "naive", "p95_ms", 1),
         "p95_1client_ct2_over_naive": ratio("batched+ct2", "naive", "p95_ms", 1),
+        "failed_requests": sum(r["failures"] for by in results.values() for r in by.values()),
     }
+    for name in results:
+        if 1 in results[name]:
+            summary[f"{name}_engine_ms"] = round(engine_ms[name], 1)
+            summary[f"{name}_p50_1client_ms"] = round(results[name][1]["p50_ms"], 1)
+            summary[f"{name}_server_overhead_ms"] = round(results[name][1]["p50_ms"] - engine_ms[name], 1)
+        for c in levels:
+            if c in results[name]:
+                summary[f"{name}_p50_ms@{c}"] = round(results[name][c]["p50_ms"])
+                summary[f"{name}_p95_ms@{c}"] = round(results[name][c]["p95_ms"])
     if "overload" in pressed:
         o = pressed["overload"]
         print(f"\noverload ({args.pressure_config}, real 55 s deadline): capacity {o['capacity_rps']:.2f} req/s, "

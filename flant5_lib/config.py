@@ -257,6 +257,18 @@ class Params(BaseModel):
     gate_against: Literal["incumbent_if_any", "incumbent", "floors_only"] = Field(
         "incumbent_if_any", description="Release gate: compare with the version aliased 'default' when there is one, "
         "require one ('incumbent'), or judge by the floors alone.")
+    canary_traffic_percent: int = Field(
+        10, ge=0, le=100, description="Release pipeline: share of the endpoint's traffic the new version gets until "
+        "its smoke predictions pass (then 100%); a first deployment on an empty endpoint gets 100% at once.")
+    smoke_predictions: int = Field(
+        2, ge=1, le=50, description="Release pipeline: online predictions the canary itself must answer (the "
+        "responses' deployedModelId) before it receives all the traffic.")
+    smoke_min_summary_chars: int = Field(
+        1, ge=0, description="Release pipeline: each smoke summary (online and batch) must have at least this many "
+        "characters, or the release fails and serving is restored.")
+    batch_smoke_examples: int = Field(
+        4, ge=0, le=1000, description="Release pipeline: test dialogues sent through a BatchPredictionJob of the new "
+        "version before promotion (0: no batch smoke test).")
 
     @field_validator("precision")
     @classmethod

@@ -12,8 +12,10 @@ from typing import Any
 
 DESCRIPTION = """The release pipeline: preflight, training (locally or as `flant5 vertex train`), evaluation of the
 candidate and of the incumbent (the version aliased 'default') on the same test examples, the paired comparison, a
-gate (gate_min_rouge1, gate_min_rougeL, gate_tolerance), then a new version of the same model in the Model Registry,
-deployed and aliased 'default'. A candidate the gate stops is not uploaded; gate.json says why. See
+gate (gate_min_rouge1, gate_min_rougeL, gate_tolerance), then a new version of the same model in the Model Registry
+with its ROUGE evaluation, deployed as a canary (canary_traffic_percent), smoke-tested online and in batch, then given
+all the traffic and aliased 'default'. A candidate the gate stops is not uploaded; gate.json says why. A failed step
+leaves serving as it was (the exit handler restores it); every run ends with its page, release.md. See
 docs/release-pipeline.md."""
 
 EXAMPLES = """examples:
@@ -50,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--work-dir", metavar="DIR", default="runs/release",
                    help="folder the steps write their records to (on Vertex: a /gcs/BUCKET/... path); default %(default)s")
     r.add_argument("--no-deploy", action="store_true", help="register and promote the new version, but do not deploy it")
+    r.add_argument("--fresh", action="store_true", help="--local: clear an earlier run's records and candidate from --work-dir first")
     r.set_defaults(func=_run)
 
     v = _action(actions, "rollback", "list a model's versions, or move its 'default' alias back to one",
@@ -83,33 +86,41 @@ def _compile(args: argparse.Namespace) -> int:
     params = _params(args)
     if args.dry_run:
         print(json.dumps({"pipeline": params.pipeline_display_name, "image": graph.image(params),
-                          "train_on": params.pipeline_train_on, "steps": list(graph.STEPS)}, indent=2))
+                          "train_on": params.pipeline_train_on, "steps": list(graph.STEPS),
+                          "canary_traffic_percent": params.canary_traffic_percent,
+                          "batch_smoke_examples": params.batch_smoke_examples}, indent=2))
         return 0
     print(graph.compile_spec(params, args.out))
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flant5_lib.pipeline import graph, runner
+    from flant5_lib.pipeline import graph, registry, runner
 
     if not args.local:
         params = _params(args)
         runner.pipeline_root(params)  # a bad pipeline_root is one line before anything is compiled
+        _api(registry.checked_incumbent, "look up the incumbent", params)
         with tempfile.TemporaryDirectory() as tmp:
             spec = graph.compile_spec(params, Path(tmp) / "release.yaml")
             job = _api(runner.submit, "submit the PipelineJob", params, spec, args.work_dir, deploy=not args.no_deploy)
         print(job.resource_name)
         return 0
     if args.local_stack:
-        summary = runner.run_local(_params(args), args.work_dir, deploy=not args.no_deploy)
+        params = _params(args)
+        _api(registry.checked_incumbent, "look up the incumbent", params)
+        summary = runner.run_local(params, args.work_dir, deploy=not args.no_deploy, fresh=args.fresh)
     else:
         from flant5_lib.vertex.localstack import start_local_stack
 
+        _params(args)  # bad values and an earlier run's folder are one line before the stand-in starts
+        runner.earlier_run(args.work_dir, args.fresh)
         with start_local_stack(Path(args.work_dir) / "stand-in") as stack:
-            summary = runner.run_local(_params(args, stack.params_overrides()), args.work_dir,
-                                       deploy=not args.no_deploy)
+            params = _params(args, stack.params_overrides())
+            _api(registry.checked_incumbent, "look up the incumbent", params)
+            summary = runner.run_local(params, args.work_dir, deploy=not args.no_deploy, fresh=args.fresh)
     _print_summary(summary)
-    return 0 if summary["outcome"] != "running or failed" else 1
+    return 0 if summary["outcome"] in ("released", "stopped at the gate") else 1
 
 
 def _api(fn: Any, action: str, *a: Any, **kw: Any) -> Any:
@@ -154,7 +165,15 @@ def _print_summary(summary: dict[str, Any]) -> None:
             mark = "ok  " if check["passed"] else "FAIL"
             print(f"  {mark} {check['reason'] if not check['passed'] else check['check']}")
     if "promote" in steps:
-        print(f"  {steps['promote']['model']} aliases {','.join(steps['promote']['aliases'])}")
+        print(f"  {steps['promote']['model']} aliases {','.join(steps['promote']['aliases'])}"
+              + (f", traffic {steps['promote']['traffic_split']}" if steps["promote"].get("traffic_split") else ""))
+    if "failure" in steps:
+        print(f"  step {steps['failure']['step']} failed: {steps['failure']['error']}")
+    if "restored" in steps and steps["restored"].get("serving"):
+        print(f"  serving restored: traffic {steps['restored']['serving'].get('traffic_split')}")
+    page = Path(summary["work_dir"]) / "release.md"
+    if page.is_file():
+        print(f"  page: {page}")
 
 
 def _action(actions: argparse._SubParsersAction, name: str, text: str, example: str) -> argparse.ArgumentParser:

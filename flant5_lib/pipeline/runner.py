@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,9 @@ import yaml
 
 from flant5_lib.config import Params
 from flant5_lib.errors import UserError
+from flant5_lib.pipeline.records import RECORDS, status
+
+__all__ = ["RECORDS", "params_yaml", "pipeline_root", "run_local", "status", "submit"]
 
 
 def params_yaml(params: Params) -> str:
@@ -24,17 +26,38 @@ def pipeline_root(params: Params) -> str:
     return root
 
 
-def run_local(params: Params, work_dir: str | os.PathLike[str], *, deploy: bool = True) -> dict[str, Any]:
+def earlier_run(work_dir: str | os.PathLike[str], fresh: bool) -> list[Path]:
+    """What an earlier run left in `work_dir` (to clear when `fresh`); refused in one line otherwise."""
+    work = Path(work_dir)
+    old = [work / f"{n}.json" for n in (*RECORDS, "compare")] + [work / "release.md"]
+    old = [p for p in old + [work / d for d in ("candidate", "incumbent", "eval", "kfp")] if p.exists()]
+    if old and not fresh:
+        raise UserError(f"--work-dir {work}: holds an earlier run ({', '.join(p.name for p in old[:3])} ...); pass a "
+                        "new folder, or --fresh to clear it")
+    return old
+
+
+def run_local(params: Params, work_dir: str | os.PathLike[str], *, deploy: bool = True,
+              fresh: bool = False) -> dict[str, Any]:
     """The whole pipeline with kfp.local in subprocesses of this interpreter (no Docker, no network): the stand-in
-    answers the Vertex calls when `params` point at it. Returns the summary `status` prints."""
+    answers the Vertex calls when `params` point at it. Returns the summary `status` prints.
+
+    A work folder holds one run: an earlier run's records would be read as this one's, and its candidate's
+    checkpoints resumed. `fresh=True` clears them first; otherwise such a folder is refused."""
+    import shutil
+
     from kfp import local
 
     from flant5_lib.pipeline import graph
 
     work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    for p in earlier_run(work, fresh):
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    # raise_on_error=False: a failed step must still reach the exit handler (restore serving, write the page);
+    # the outcome is read from the records
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "kfp"),
-               raise_on_error=True)
+               raise_on_error=False)
     graph.build(params)(params_yaml=params_yaml(params), work_dir=str(work), deploy=deploy)
     return status(work)
 
@@ -50,18 +73,3 @@ def submit(params: Params, spec: str, work_dir: str, *, deploy: bool = True) -> 
         enable_caching=False)
     job.submit(service_account=params.service_account)
     return job
-
-
-def status(work_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """What the steps recorded under work_dir: each step's record, the gate's decision, the outcome."""
-    work = Path(work_dir)
-    records = {}
-    for step in ("preflight", "train", "gate", "register", "promote", "stopped"):
-        f = work / f"{step}.json"
-        if f.is_file():
-            records[step] = json.loads(f.read_text(encoding="utf-8"))
-    if not records:
-        raise UserError(f"{work}: no pipeline records here (preflight.json ...); pass the --work-dir of a run")
-    outcome = ("released" if "promote" in records else "stopped at the gate" if "stopped" in records
-               else "running or failed")
-    return {"work_dir": str(work), "outcome": outcome, "steps": records}

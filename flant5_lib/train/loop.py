@@ -26,6 +26,7 @@ from flant5_lib.train.setup import (
     fsdp_arguments,
     model_fingerprint,
     resolve_paths,
+    topology,
 )
 
 if TYPE_CHECKING:
@@ -365,6 +366,7 @@ def finish(prep: Prepared, output: Any, wall: float) -> TrainResult:
         "num_train_examples": prep.num_train_examples,
         "device": prep.device.description,
         "world_size": trainer.args.world_size,
+        **topology(),  # nnodes x nproc_per_node = world_size: what ran, not what was asked for
         "label_smoothing": params.label_smoothing,
         "max_grad_norm": params.max_grad_norm,
         **padding,

@@ -65,6 +65,17 @@ def world_size() -> int:
         return 1
 
 
+def topology() -> dict[str, int]:
+    """{"nnodes", "nproc_per_node"} of this job, as torchrun sets them (GROUP_WORLD_SIZE, LOCAL_WORLD_SIZE)."""
+    def env_int(name: str) -> int:
+        try:
+            return max(1, int(os.environ.get(name, "1")))
+        except ValueError:
+            return 1
+
+    return {"nnodes": env_int("GROUP_WORLD_SIZE"), "nproc_per_node": env_int("LOCAL_WORLD_SIZE")}
+
+
 def cpu_supports_bf16() -> bool:
     """torch's own check (oneDNN bf16 kernels: AVX512-BF16/AMX); isolated so tests can stand in a CPU without it."""
     import torch

@@ -249,6 +249,33 @@ def serving_image_problems(params: Params) -> list[str]:
     return out
 
 
+def distributed_problems(params: Params) -> list[str]:
+    """The torchrun world the job's arguments ask for against the machines its request pays for (resolved preset):
+    --nnodes must equal the replicas (else torchrun waits for nodes that never come, or each replica trains alone
+    and writes the same AIP_MODEL_DIR), --nproc-per-node the GPUs of one replica (else GPUs idle or ranks collide)."""
+    from flant5_lib.vertex import specs
+
+    args = specs.task_args(params, project_package=None)
+    nnodes, nproc = int(args[args.index("--nnodes") + 1]), int(args[args.index("--nproc-per-node") + 1])
+    gpus = params.train_accelerator_count if params.train_accelerator_type else 0
+    out = []
+    if nnodes != params.train_replica_count:
+        out.append(f"train_replica_count: the job runs {params.train_replica_count} replica(s) but its arguments ask "
+                   f"torchrun for --nnodes {nnodes}; set train_replica_count={nnodes} or use a preset")
+    if gpus > 1 and nproc != gpus:
+        out.append(f"train_accelerator_count: each replica has {gpus} GPU(s) but its arguments ask torchrun for "
+                   f"--nproc-per-node {nproc}; set train_accelerator_count={nproc} or use a preset")
+    if params.distributed == "fsdp" and max(1, gpus) * params.train_replica_count < 2:
+        out.append(f"distributed: fsdp needs 2 or more processes, but train_preset/train_accelerator_count x "
+                   f"train_replica_count gives {max(1, gpus) * params.train_replica_count}; use a multi-GPU preset "
+                   "(a100-80gb-x8) or distributed: auto")
+    if params.model_name == "tiny" and params.train_replica_count > 1:  # a warning: the stand-in's own tests use it
+        log.warning("model_name: 'tiny' is built on each node but saved by global rank 0 only (transformers 5), so "
+                    "workerpool1 replicas find no model; build it once (`flant5 model init-tiny`), upload the folder "
+                    "and set model_name to its gs:// URI")
+    return out
+
+
 # --- the two ways to ask -----------------------------------------------------------------------------------------
 
 
@@ -260,7 +287,7 @@ def problems(params: Params, *, settings: bool = True) -> list[str]:
     if preset is None:
         params = presets.resolve(params)
     found = [*(settings_to_fill(params) if settings else []), *_uri_problems(params), *([preset] if preset else []),
-             *_hardware(params), *_tensorboard(params), *training_image_problems(params),
+             *_hardware(params), *distributed_problems(params), *_tensorboard(params), *training_image_problems(params),
              *serving_image_problems(params)]
     return list(dict.fromkeys(found))
 

@@ -32,20 +32,28 @@ def _install_project(package_uri: str) -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", local], check=True)
 
 
+RDZV_TIMEOUT_ENV = "FLANT5_RDZV_TIMEOUT_S"  # how long a node waits for the others (torchrun's static rendezvous)
+DEFAULT_RDZV_TIMEOUT_S = 600  # torchrun's own default: a replica that never reaches the chief fails, never hangs
+_RANKED_POOLS = ("workerpool0", "workerpool1")  # chief + workers; the reduction server and evaluators are not ranks
+
+
 def _rendezvous() -> tuple[str, str, int, int]:
-    """(master address, port, number of nodes, this node's rank) from the Vertex environment."""
+    """(master address, port, number of nodes, this node's rank) from the Vertex environment.
+
+    Prebuilt PyTorch images get MASTER_ADDR/MASTER_PORT/WORLD_SIZE/RANK (nodes, not processes); every image gets
+    CLUSTER_SPEC, whose chief address (host:port, the port Vertex reserves for the replica) is the rendezvous."""
     if os.environ.get("MASTER_ADDR"):
         return (os.environ["MASTER_ADDR"], os.environ.get("MASTER_PORT", "29500"),
                 int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")))
     spec = json.loads(os.environ.get("CLUSTER_SPEC", "{}") or "{}")
     cluster, task = spec.get("cluster", {}), spec.get("task", {})
-    hosts = [h for pool in sorted(cluster) for h in cluster[pool]]
+    hosts = [h for pool in _RANKED_POOLS for h in cluster.get(pool, [])]
     if not hosts:
         return "127.0.0.1", "29500", 1, 0
-    master = hosts[0].split(":")[0]
-    pools = sorted(cluster)
-    rank = sum(len(cluster[p]) for p in pools[: pools.index(task.get("type", pools[0]))]) + int(task.get("index", 0))
-    return master, "29500", len(hosts), rank
+    master, _, port = hosts[0].partition(":")
+    kind = task.get("type", "workerpool0")
+    before = len(cluster.get("workerpool0", [])) if kind == "workerpool1" else 0
+    return master, port or "29500", len(hosts), before + int(task.get("index", 0))
 
 
 def build_command(train_args: list[str], nproc_per_node: int, nnodes: int) -> list[str]:
@@ -53,9 +61,20 @@ def build_command(train_args: list[str], nproc_per_node: int, nnodes: int) -> li
     if nproc_per_node <= 1 and nnodes <= 1:
         return [sys.executable, "-m", "flant5_lib.train", *train_args]
     addr, port, world, rank = _rendezvous()
+    timeout = int(os.environ.get(RDZV_TIMEOUT_ENV, "") or DEFAULT_RDZV_TIMEOUT_S)
     return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={max(world, nnodes)}", f"--node_rank={rank}",
             f"--nproc_per_node={nproc_per_node}", f"--master_addr={addr}", f"--master_port={port}",
-            "-m", "flant5_lib.train", *train_args]
+            f"--rdzv_conf=timeout={timeout}", "-m", "flant5_lib.train", *train_args]
+
+
+def node_problem(nnodes: int | None) -> str | None:
+    """One line when --nnodes disagrees with the replicas Vertex started: torchrun would wait for nodes that never
+    come, or each replica would train alone and write the same AIP_MODEL_DIR."""
+    world = _rendezvous()[2]
+    if nnodes is not None and nnodes != world:
+        return (f"--nnodes {nnodes} but this job runs {world} replica(s) (workerpool0 + workerpool1 replica_count); "
+                f"set train_replica_count={nnodes} or --nnodes {world}")
+    return None
 
 
 def trial_args(train_args: list[str]) -> list[str]:
@@ -81,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Vertex AI training task for flant5_lib.")
     parser.add_argument("--project-package", help="gs:// source archive of the project, installed when not importable")
     parser.add_argument("--nproc-per-node", type=int, default=1, help="GPUs per replica (torchrun when > 1)")
-    parser.add_argument("--nnodes", type=int, default=1, help="replicas (multi-node torchrun when > 1)")
+    parser.add_argument("--nnodes", type=int, default=None,
+                        help="replicas (multi-node torchrun when > 1); default: as many as the job runs")
     args, train_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -92,10 +112,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         log.info("installing %s", args.project_package)
         _install_project(args.project_package)
-    nproc, nnodes = args.nproc_per_node, args.nnodes
-    if os.environ.get("FLANT5_VERTEX_LOCAL") and (nproc > 1 or nnodes > 1):
-        log.info("local stand-in: one CPU machine, so %d x %d workers run as one process", nnodes, nproc)
-        nproc, nnodes = 1, 1
+    problem = node_problem(args.nnodes)
+    if problem:
+        log.error("%s", problem)
+        return 2
+    nproc, nnodes = args.nproc_per_node, args.nnodes or _rendezvous()[2]
+    if nproc > 1 or nnodes > 1:  # on CPU (the local stand-in) torchrun's workers use gloo: the same path, no NCCL
+        log.info("distributed: %d node(s) x %d process(es)", nnodes, nproc)
     cmd = build_command(trial_args(train_args), nproc, nnodes)
     log.info("running: %s", " ".join(cmd))
     sys.stdout.flush()

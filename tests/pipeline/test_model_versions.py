@@ -34,7 +34,7 @@ def test_versions_of_one_model_and_the_default_alias(stack: LocalStack) -> None:
     assert registry.incumbent(params).version_id == "1"  # the default version still serves
 
     with pytest.raises(exceptions.BadRequest, match="already used by version 2"):  # one alias, one version
-        registry.register_version(params, uri, first.resource_name, default=False)
+        aiplatform.models.ModelRegistry(first.resource_name).add_version_aliases(["candidate"], version="1")
 
     by_alias = aiplatform.Model(f"{first.resource_name}@candidate")
     assert by_alias.version_id == "2"
@@ -66,3 +66,32 @@ def test_submitting_a_pipeline_job_to_the_stand_in_is_one_line(stack: LocalStack
     assert code != 0 and "pipelineJobs" in err and len(err.strip().splitlines()) == 1
     (req,) = stack.requests("/pipelineJobs", method="POST")
     assert req["body"]["runtimeConfig"]["gcsOutputDirectory"].startswith(f"{stack.bucket}/pipeline_root")
+
+
+def test_an_evaluation_imported_onto_one_version(stack: LocalStack) -> None:
+    """ModelEvaluation with the summarization schema on version 2 only; refusals name the field, as Vertex's do."""
+    from google.cloud import aiplatform
+    from google.cloud.aiplatform.compat.types import model_evaluation as gca_me
+
+    params = load_params(None, {**stack.params_overrides(), "model_display_name": "evaluated"})
+    uri = f"{stack.bucket}/models/m"
+    first = registry.register_version(params, uri, None, default=True, aliases=())
+    second = registry.register_version(params, uri, first.resource_name, default=False)
+    metrics = {"rouge1": 41.5, "rouge2": 18.0, "rougeL": 33.25, "rougeLsum": 37.5, "n": 8}
+    ev = registry.import_evaluation(params, f"{second.resource_name}@2", metrics, "rouge-test")
+    assert ev.metrics["rougeLSum"] == 0.375 and ev._gca_resource.metadata["rouge1"] == 41.5
+    assert ev.resource_name.startswith(f"{first.resource_name}/evaluations/")
+    assert aiplatform.Model(first.resource_name, version="1").list_model_evaluations() == []
+    got = aiplatform.Model(first.resource_name, version="2").get_model_evaluation()
+    assert got.resource_name == ev.resource_name and got.display_name == "rouge-test"
+
+    client = aiplatform.Model(first.resource_name, version="2").api_client
+    for bad, message in ((dict(metrics_schema_uri="gs://x/y.yaml", metrics={"rougeLSum": 0.3}), "metricsSchemaUri"),
+                         (dict(metrics_schema_uri=registry.SUMMARIZATION_SCHEMA, metrics={"rouge1": 0.3}),
+                          "unknown field 'rouge1'")):
+        with pytest.raises(exceptions.BadRequest, match=message):
+            client.import_model_evaluation(parent=f"{first.resource_name}@2",
+                                           model_evaluation=gca_me.ModelEvaluation(**bad))
+    with pytest.raises(exceptions.NotFound):
+        client.import_model_evaluation(parent=f"{first.resource_name}@9", model_evaluation=gca_me.ModelEvaluation(
+            metrics_schema_uri=registry.SUMMARIZATION_SCHEMA, metrics={"rougeLSum": 0.3}))

@@ -38,9 +38,12 @@ def test_compile_writes_a_spec_pipelinejob_accepts(tmp_path: Path, capsys: pytes
         "us-central1-docker.pkg.dev/my-project/flant5/flant5-train:latest"}
     assert not any("pip install" in " ".join(e["container"].get("command", [])) for e in executors.values())
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"params_yaml", "work_dir", "deploy"}
-    tasks = spec["root"]["dag"]["tasks"]
-    assert {"preflight-op", "train-op", "gate-op", "condition-branches-1"} <= set(tasks)
-    branch = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    root = spec["root"]["dag"]["tasks"]  # the exit handler wraps every step; `finish` runs after it, whatever ends it
+    assert set(root) == {"exit-handler-1", "finish-op"}
+    assert root["finish-op"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert {"preflight-op", "train-op", "gate-op", "condition-branches-2"} <= set(tasks)
+    branch = spec["components"]["comp-condition-branches-2"]["dag"]["tasks"]
     conditions = sorted(t["triggerPolicy"]["condition"] for t in branch.values())
     assert any("== 'pass'" in c for c in conditions) and any("!" in c for c in conditions)
 
@@ -62,12 +65,25 @@ def test_dry_run_prints_steps_and_image(capsys: pytest.CaptureFixture[str]) -> N
     (["compile", "--set", "gate_min_rouge1=150"], "gate_min_rouge1"),
     (["compile", "--set", "gate_tolerance=-1"], "gate_tolerance"),
     (["run", "--set", "pipeline_root=/tmp/root"], "pipeline_root"),
+    (["run", "--local", "--set", "canary_traffic_percent=150"], "canary_traffic_percent"),
+    (["compile", "--set", "canary_traffic_percent=-5"], "canary_traffic_percent"),
+    (["run", "--local", "--set", "gate_against=incumbent"], "gate_against"),  # a fresh stand-in has no default version
     (["status", "--work-dir", "/nonexistent/release"], "no pipeline records"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], field: str) -> None:
     args = argv if argv[0] == "status" else [*argv, "--params", "params/local-smoke.yaml"]
     code, _, err = _cli(capsys, "pipeline", *args)
     assert code == 2 and field in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_work_dir_holding_an_earlier_run_is_refused_unless_fresh(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "preflight.json").write_text("{}")
+    (tmp_path / "candidate").mkdir()
+    code, _, err = _cli(capsys, "pipeline", "run", "--local", "--params", "params/local-smoke.yaml",
+                        "--work-dir", str(tmp_path))
+    assert code == 2 and "--fresh" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in runner.earlier_run(tmp_path, fresh=True)) == ["candidate", "preflight.json"]
 
 
 def _pair(lo: float, hi: float) -> dict:
@@ -91,6 +107,8 @@ def test_gate_floors_and_paired_interval() -> None:
 def test_local_runs_through_both_branches_of_the_gate(tmp_path: Path) -> None:
     """First release (version 1, default), a candidate below the floor (stopped, nothing registered), then one
     that passes (version 2, default; version 1 still listed)."""
+    from google.cloud import aiplatform
+
     from tests.helpers.vertex import fast_stack
 
     with fast_stack(tmp_path / "stack") as stack:
@@ -116,3 +134,26 @@ def test_local_runs_through_both_branches_of_the_gate(tmp_path: Path) -> None:
         assert (tmp_path / "r3" / "compare.json").is_file()
         assert [(v["version_id"], v["aliases"]) for v in registry.versions(p, model)] == [("1", []), ("2", ["default"])]
         assert registry.incumbent(p).version_id == "2"
+        evaluation = passed["steps"]["evaluation"]  # the candidate's test ROUGE, on version 2 only
+        assert evaluation["metrics_schema_uri"].endswith("/modelevaluation/summarization_metrics_1.0.0.yaml")
+        assert [e.resource_name for e in aiplatform.Model(model, version="2").list_model_evaluations()] == \
+            [evaluation["evaluation"]]
+        assert evaluation["metrics"]["rougeLSum"] == pytest.approx(
+            json.loads((tmp_path / "r3" / "eval" / "candidate" / "metrics.json").read_text())["rougeLsum"] / 100, abs=1e-6)
+
+
+def test_the_graph_figure_is_read_from_the_compiled_spec(tmp_path: Path) -> None:
+    """Every executor step once, in its group (gate branches, exit handler), with the edges the spec implies."""
+    from flant5_lib.pipeline import figure
+
+    p = load_params("params/local-smoke.yaml", CLOUD)
+    spec = graph.compile_spec(p, tmp_path / "release.yaml")
+    groups, edges = figure.spec_edges(yaml.safe_load(Path(spec).read_text()))
+    assert {n.removesuffix("-op").replace("-", "_") for n in groups} == {s.replace("-", "_") for s in graph.STEPS}
+    assert groups["stopped-op"] == "gate stopped" and groups["promote-op"] == "gate passed"
+    assert groups["finish-op"] == "exit handler"
+    assert {("gate-op", "register-op"), ("gate-op", "stopped-op"), ("canary-op", "smoke-op"),
+            ("smoke-op", "promote-op"), ("promote-op", "finish-op"), ("stopped-op", "finish-op")} <= set(edges)
+    assert ("preflight-op", "register-op") not in edges  # implied by preflight -> train -> ... -> gate -> register
+    png = figure.draw(spec, tmp_path / "graph.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -66,19 +66,16 @@ def test_auto_yields_to_a_gpu_a_missing_engine_and_explicit_settings(monkeypatch
     assert choose_backend(cpu, Params(serve_backend="auto"), ct2_available=True).env == {}
 
 
-@pytest.fixture(scope="module")
-def trained_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model after a short fit on synthetic dialogues: its next-token choices have real margins, as a
-    fine-tuned model's do (a random model is full of near-ties that any rounding flips)."""
+def _fit(tiny_model_dir: Path, rows: list[dict[str, str]], out: Path) -> tuple[Path, float]:
+    """The tiny model after a short fit on `rows`: its next-token choices have real margins, as a fine-tuned
+    model's do (a random model is full of near-ties that any rounding flips)."""
     import torch
 
     from flant5_lib.modeling import load_model_and_tokenizer, save_model
     from flant5_lib.preprocess import make_collator, make_train_features
-    from flant5_lib.synthetic import generate_records
 
     torch.manual_seed(0)
     model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir), device="cpu")
-    rows = generate_records(256, seed=11)
     params = Params(max_source_length=160)
     feats = make_train_features(tokenizer, params)({"dialogue": [r["dialogue"] for r in rows],
                                                      "summary": [r["summary"] for r in rows]})
@@ -93,8 +90,16 @@ def trained_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
         opt.step()
         opt.zero_grad()
     model.eval()
-    assert loss.item() < 2.5, f"the tiny model did not learn (loss {loss.item():.2f})"
-    return save_model(model, tokenizer, tmp_path_factory.mktemp("trained") / "m")
+    return save_model(model, tokenizer, out), loss.item()
+
+
+@pytest.fixture(scope="module")
+def trained_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flant5_lib.synthetic import generate_records
+
+    path, loss = _fit(tiny_model_dir, generate_records(256, seed=11), tmp_path_factory.mktemp("trained") / "m")
+    assert loss < 2.5, f"the tiny model did not learn (loss {loss:.2f})"
+    return path
 
 
 GREEDY = {"max_new_tokens": 24, "num_beams": 1, "do_sample": False}
@@ -170,3 +175,37 @@ def test_server_logs_its_backend_choice_at_startup(tiny_model_dir: Path, tmp_pat
     lines = [rec.getMessage() for rec in caplog.records if rec.name == "flant5_lib.serve.hardware"]
     assert health["backend"] == "ctranslate2"
     assert any("serving backend ctranslate2" in line and detect_cpu().isa in line for line in lines), lines
+
+
+@pytest.mark.slow  # a second short fit, on real SAMSum validation dialogues
+def test_default_engine_matches_pytorch_fp32_on_the_samsum_test_split(tiny_model_dir: Path, samsum_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """The engine `auto` serves here, against PyTorch fp32, on a tiny model fitted to SAMSum's validation dialogues
+    and scored on its test dialogues: the share of identical greedy summaries and the ROUGE difference (printed, for
+    docs/benchmarks.md). A broken engine (wrong order, wrong inputs, a rescaled decoder) moves ROUGE by far more
+    than the bound; int8 rounding flips near-ties only."""
+    import json
+
+    from flant5_lib.metrics import compute_rouge
+    from flant5_lib.preprocess import encode_sources
+    from flant5_lib.serve.backends import HFBackend, load_backend
+
+    val = json.loads((samsum_dir / "original" / "val.json").read_text())
+    test = json.loads((samsum_dir / "original" / "test.json").read_text())[:96]
+    model, loss = _fit(tiny_model_dir, val[:384], tmp_path / "m")
+    hf = HFBackend(model, device="cpu")
+    fast = load_backend(model, Params(serve_backend="auto", serve_threads=2), device="cpu")
+    ids, _ = encode_sources(hf.tokenizer, [r["dialogue"] for r in test], Params())
+    gen = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False}
+    ref, got = hf.generate(ids, gen), fast.generate(ids, gen)
+    summaries = [r["summary"] for r in test]
+    r_ref, r_got = compute_rouge(ref, summaries), compute_rouge(got, summaries)
+    same = sum(a == b for a, b in zip(ref, got)) / len(ref)
+    delta = {k: round(r_got[k] - r_ref[k], 2) for k in ("rouge1", "rouge2", "rougeL")}
+    print(f"{fast.name} ({getattr(fast, 'compute_type', '')}) vs PyTorch fp32 on {len(test)} SAMSum test dialogues "
+          f"(tiny model, fit loss {loss:.2f}): {same:.0%} identical greedy summaries; ROUGE-L {r_ref['rougeL']:.2f} vs "
+          f"{r_got['rougeL']:.2f}; differences {delta}")
+    assert len(set(ref)) >= 10, "the fitted model writes varied summaries (else agreement says nothing)"
+    assert all(got) and len(got) == len(test)
+    assert same >= 0.5, f"only {same:.0%} of greedy summaries identical"
+    assert all(abs(d) <= 1.5 for d in delta.values()), delta

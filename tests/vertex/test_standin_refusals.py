@@ -181,3 +181,43 @@ def test_deploying_a_cpu_image_model_on_a_gpu_machine_stops_before_any_request(s
         assert stack.requests("endpoints") == []  # no endpoint created, nothing deployed
     finally:
         model.delete()
+
+
+def test_traffic_split_refusals_as_vertex_answers(stack: LocalStack, aiplatform: object) -> None:
+    """Shares not summing to 100, a deployed model the endpoint lacks, a share outside 0..100: 400 before any
+    server starts (the REST body, as any client sends it: the SDK checks the sum itself too)."""
+    endpoint = aiplatform.Endpoint.create(display_name="split-refusals", sync=True)  # type: ignore[attr-defined]
+    try:
+        api = f"{stack.api_endpoint}/v1/{endpoint.resource_name}"
+        deployed = {"model": "projects/proj-7/locations/us-central1/models/none", "dedicatedResources": {}}
+        for split, message in (({"0": 60}, "needs to be 100"), ({"0": 50, "777": 50}, "Deployed model 777"),
+                               ({"0": 150}, "from 0 to 100")):
+            r = httpx.post(f"{api}:deployModel", json={"deployedModel": deployed, "trafficSplit": split})
+            assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
+        r = httpx.patch(f"{api}?updateMask=traffic_split", json={"trafficSplit": {"777": 100}})
+        assert r.status_code == 400 and "Deployed model 777" in r.json()["error"]["message"]
+        assert stack.requests("deployModel") and not endpoint.list_models()
+    finally:
+        endpoint.delete(force=True)
+
+
+def test_predictions_follow_the_split_deterministically() -> None:
+    """Every 100 consecutive predictions split exactly by the shares, interleaved (not 90 then 10)."""
+    from flant5_lib.vertex.localstack import traffic
+
+    picks = [traffic.pick({"old": 90, "new": 10}, n) for n in range(200)]
+    assert picks[:100].count("new") == 10 and picks[100:].count("new") == 10
+    assert "new" in picks[:20] and picks == [traffic.pick({"new": 10, "old": 90}, n) for n in range(200)]
+    assert {traffic.pick({"a": 100, "b": 0}, n) for n in range(100)} == {"a"}
+
+
+def test_tensorboard_instances_are_created_got_and_listed(stack: LocalStack, aiplatform: object) -> None:
+    """The original sample creates its own TensorBoard: it then exists for get, list and a job's check (the list is
+    the stand-in's set of known names, the one `checks.tensorboard` refuses unknown names by)."""
+    tb = aiplatform.Tensorboard.create(display_name="samsum-tb")  # type: ignore[attr-defined]
+    assert tb.resource_name.startswith("projects/proj-7/locations/us-central1/tensorboards/")
+    assert aiplatform.Tensorboard(tb.resource_name).display_name == "samsum-tb"  # type: ignore[attr-defined]
+    names = {t.resource_name for t in aiplatform.Tensorboard.list()}  # type: ignore[attr-defined]
+    assert {tb.resource_name, stack.params_overrides()["tensorboard_resource"]} <= names
+    r = httpx.post(f"{stack.api_endpoint}/v1/projects/proj-7/locations/us-central1/tensorboards", json={})
+    assert r.status_code == 400 and "displayName" in r.json()["error"]["message"]

@@ -14,7 +14,7 @@ import pytest
 from tests.helpers import REPO
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 EXPECTED = ["00_explore_samsum", "01_finetune_local", "02_vertex_training", "03_evaluate", "04_deploy", "05_online_predict",
-            "06_compare_runs"]
+            "06_compare_runs", "07_release_pipeline"]
 PARAM_LINE = re.compile(r'^[a-z_][a-z0-9_]*: (str|int|float|bool|"Optional\[(str|int|float|bool)\]") = \S.*  # \S.*$')
 
 

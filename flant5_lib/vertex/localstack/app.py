@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 import re
 import threading
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from flant5_lib.vertex.localstack import checks, tuning, versions
+from flant5_lib.vertex.localstack import checks, evaluations, tensorboards, traffic, tuning, versions
 from flant5_lib.vertex.localstack.backend import Backend, Deployment, now, run_batch_job
 from flant5_lib.vertex.localstack.errors import ApiError
 from flant5_lib.vertex.localstack.listing import listing as _listing
@@ -98,17 +97,19 @@ def create_tuning_job(b: Backend, m: dict[str, str], body: dict[str, Any], q: di
 # --- TensorBoards (the stand-in knows one: DEFAULT_TENSORBOARD) ---------------------------------------
 
 
+@route("POST", "tensorboards")
+def create_tensorboard(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    return tensorboards.create(b, body)
+
+
 @route("GET", "tensorboards/(?P<rid>[^/:]+)")
 def get_tensorboard(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    name = f"{b.parent()}/tensorboards/{m['rid']}"
-    if name not in b.tensorboards:
-        raise ApiError(404, f"Tensorboard {name} is not found.")
-    return {"name": name, "displayName": m["rid"]}
+    return tensorboards.get(b, m["rid"])
 
 
 @route("GET", "tensorboards")
 def list_tensorboards(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
-    return {"tensorboards": [{"name": n, "displayName": n.rsplit("/", 1)[1]} for n in sorted(b.tensorboards)]}
+    return tensorboards.list_(b)
 
 
 # --- models -------------------------------------------------------------------------------------------
@@ -149,6 +150,24 @@ def delete_model_version(b: Backend, m: dict[str, str], body: dict[str, Any], q:
     return b.operation(b.parent(), done=True, metadata_type="DeleteOperationMetadata")
 
 
+@route("POST", f"models/{_ID}/evaluations:import")
+def import_model_evaluation(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    with b.lock:
+        return evaluations.import_evaluation(b, m["rid"], m.get("version"), m["rid"], body)
+
+
+@route("GET", f"models/{_ID}/evaluations")
+def list_model_evaluations(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    with b.lock:
+        return evaluations.list_evaluations(b, m["rid"], m.get("version"), m["rid"])
+
+
+@route("GET", f"models/{_ID}/evaluations/(?P<eid>[^/:]+)")
+def get_model_evaluation(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    with b.lock:
+        return evaluations.get_evaluation(b, m["rid"], m["eid"], f"{m['rid']}/evaluations/{m['eid']}")
+
+
 # --- endpoints ------------------------------------------------------------------------------------------
 
 
@@ -168,6 +187,9 @@ def create_endpoint(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict
 @route("POST", "endpoints/(?P<rid>[^/:]+):deployModel")
 def deploy_model(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
     endpoint = _get(b.endpoints, m["rid"], "Endpoint", m["rid"])
+    with b.lock:  # the split first: a bad one is refused before the model is looked at
+        split = traffic.check_split(body.get("trafficSplit") or {"0": 100},
+                                    [d["id"] for d in endpoint["deployedModels"]], endpoint["name"], new=True)
     deployed = copy.deepcopy(body.get("deployedModel") or {})
     model_name = deployed.get("model", "")
     mid = model_name.rsplit("/", 1)[-1].split("@")[0]
@@ -177,8 +199,9 @@ def deploy_model(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[st
     checks.machine_spec(deployed["dedicatedResources"].get("machineSpec"), "deployed_model.dedicated_resources",
                         b.region)
     dmid = b.new_id()
+    if mid in b.models and model_name.split("@", 1)[1:]:  # models/ID@VERSION deploys that version
+        model = versions.resolve(b, mid, model_name.split("@", 1)[1], model_name)
     deployed.update(id=dmid, model=model["name"], modelVersionId=model.get("versionId", "1"), createTime=now())
-    split = dict(body.get("trafficSplit") or {"0": 100})
     op = b.operation(b.parent(), done=False, metadata_type="DeployModelOperationMetadata")
 
     def work() -> None:
@@ -209,6 +232,24 @@ def deploy_model(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[st
         return copy.deepcopy(op)
 
 
+@route("PATCH", "endpoints/(?P<rid>[^/:]+)")
+def update_endpoint(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    """Endpoint.update(traffic_split=...): the fields in updateMask (traffic_split, display_name, ...)."""
+    mask = {f.strip() for f in ",".join(q.get("updateMask", [])).split(",") if f.strip()}
+    with b.lock:
+        endpoint = _get(b.endpoints, m["rid"], "Endpoint", m["rid"])
+        if "traffic_split" in mask or "trafficSplit" in mask:
+            endpoint["trafficSplit"] = traffic.check_split(body.get("trafficSplit") or {},
+                                                           [d["id"] for d in endpoint["deployedModels"]],
+                                                           endpoint["name"])
+        for rest_name, mask_name in (("displayName", "display_name"), ("description", "description"),
+                                     ("labels", "labels")):
+            if rest_name in body and ({rest_name, mask_name} & mask):
+                endpoint[rest_name] = copy.deepcopy(body[rest_name])
+        endpoint["updateTime"] = now()
+        return copy.deepcopy(endpoint)
+
+
 @route("POST", "endpoints/(?P<rid>[^/:]+):undeployModel")
 def undeploy_model(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
     dmid = str(body.get("deployedModelId", ""))
@@ -217,8 +258,15 @@ def undeploy_model(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[
         if not any(d["id"] == dmid for d in endpoint["deployedModels"]):
             raise ApiError(404, f"DeployedModel {dmid} is not found on Endpoint {endpoint['name']}.")
         endpoint["deployedModels"] = [d for d in endpoint["deployedModels"] if d["id"] != dmid]
-        split = body.get("trafficSplit") or {k: v for k, v in endpoint["trafficSplit"].items() if k != dmid}
-        endpoint["trafficSplit"] = {k: int(v) for k, v in split.items() if k != dmid}
+        rest = [d["id"] for d in endpoint["deployedModels"]]
+        if body.get("trafficSplit"):
+            endpoint["trafficSplit"] = traffic.check_split(body["trafficSplit"], rest, endpoint["name"])
+        else:
+            left = {k: v for k, v in endpoint["trafficSplit"].items() if k != dmid}
+            if sum(left.values()) not in (0, 100):
+                raise ApiError(400, f"Undeploying DeployedModel {dmid} leaves the traffic split summing to "
+                                    f"{sum(left.values())}; send a trafficSplit for the models that stay.")
+            endpoint["trafficSplit"] = left
         endpoint["updateTime"] = now()
     b.stop_deployment(dmid)
     return b.operation(b.parent(), done=True, response={}, response_type="UndeployModelResponse",
@@ -232,7 +280,9 @@ def _pick_deployment(b: Backend, rid: str) -> tuple[dict[str, Any], str, Deploym
         split = {k: v for k, v in endpoint.get("trafficSplit", {}).items() if v > 0 and k in b.deployments}
         if not split:
             raise ApiError(400, f"Endpoint {endpoint['name']} has no deployed model serving traffic.", "FAILED_PRECONDITION")
-        dmid = random.choices(list(split), weights=list(split.values()))[0]
+        count = b.predictions_served.get(rid, 0)
+        b.predictions_served[rid] = count + 1
+        dmid = traffic.pick(split, count)
         return endpoint, dmid, b.deployments[dmid]
 
 

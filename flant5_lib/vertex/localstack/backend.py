@@ -3,7 +3,8 @@
 Resources are kept as the REST JSON Vertex returns (camelCase), so the HTTP layer only looks them up.
 A training pipeline runs the job's own command with the current interpreter and the AIP_* variables
 Vertex gives a container; a deployment starts `python -m flant5_lib serve` with the serving AIP_*
-variables. Logs of every process go to <workdir>/jobs/<kind>-<id>.log.
+variables. Logs go to <workdir>/jobs/<kind>-<id>.log (a job's chief; its other replicas to
+<workdir>/jobs/<kind>-<id>/workerpool<P>-<I>.log, `replicas`).
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ import httpx
 
 from flant5_lib import storage
 from flant5_lib.procs import free_port, stop_process
-from flant5_lib.vertex.localstack import checks
+from flant5_lib.vertex.localstack import checks, replicas
 from flant5_lib.vertex.localstack.errors import ApiError
 
 log = logging.getLogger(__name__)
 
 TYPE_PREFIX = "type.googleapis.com/google.cloud.aiplatform.v1."
-LOCAL_ENV = "FLANT5_VERTEX_LOCAL"  # tells vertex_task it runs on one local CPU machine
+LOCAL_ENV = "FLANT5_VERTEX_LOCAL"  # marks a stand-in job (replicas still run as Vertex runs them: `replicas`)
 _DEPLOY_TIMEOUT_S = 300.0
 
 
@@ -72,14 +73,17 @@ class Backend:
     pipelines: dict[str, dict[str, Any]] = field(default_factory=dict)
     custom_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     tensorboards: set[str] = field(default_factory=set)  # full resource names that exist
+    tensorboard_records: dict[str, dict[str, Any]] = field(default_factory=dict)  # created ones (`tensorboards`)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_versions: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # id -> versionId -> (`versions`)
+    model_evaluations: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # id -> eid -> (`evaluations`)
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    predictions_served: dict[str, int] = field(default_factory=dict)  # endpoint id -> count (`traffic.pick`)
     batch_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     tuning_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # hyperparameterTuningJobs (`tuning`)
     operations: dict[str, dict[str, Any]] = field(default_factory=dict)
     deployments: dict[str, Deployment] = field(default_factory=dict)  # deployed model id -> server
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)  # pipeline id -> trainer
+    processes: dict[str, Any] = field(default_factory=dict)  # pipeline id -> its replicas (`replicas.Group`)
     requests: list[dict[str, Any]] = field(default_factory=list)
     preempt: Any = None  # localstack.preempt.PreemptPlan: Spot replicas are preempted and restarted (None: never)
     restarts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # job resource name -> preemptions
@@ -188,18 +192,14 @@ class Backend:
                 raise ApiError(400, "trainingTaskInputs.worker_pool_specs is empty")
             if not base_uri:
                 raise ApiError(400, "base_output_directory.output_uri_prefix is required by the local stand-in")
-            cmd, pythonpath = self._command(pools[0], job_dir)
-            env = self._job_env(pools[0], base_uri, inputs)
-            if pythonpath:
-                env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH", "")) if p)
-            log.info("pipeline %s: %s", pid, " ".join(cmd))
-            code = self._run_replica(pid, pipeline, states, inputs, cmd, job_dir, env, log_path)
+            failed = self._run_replicas(pid, pipeline, states, inputs, pools, base_uri, job_dir, log_path)
             if pipeline.get("state") == states + "CANCELLING":
                 self._set_pipeline(pipeline, states + "CANCELLED", endTime=now())
                 return
-            if code != 0:
-                raise ApiError(500, f"The replica workerpool0-0 exited with a non-zero status of {code}. "
-                                    f"Last log lines: {_tail(log_path)} (full log: {log_path})", "INTERNAL")
+            if failed is not None:
+                name, code, path = failed
+                raise ApiError(500, f"The replica {name} exited with a non-zero status of {code}. "
+                                    f"Last log lines: {replicas.log_summary(path)} (full log: {path})", "INTERNAL")
             upload = pipeline.get("modelToUpload")
             if upload:
                 model_uri = f"{base_uri}/model"
@@ -218,22 +218,58 @@ class Backend:
                 pipeline["error"] = ApiError(500, f"local stand-in error: {type(err).__name__}: {err}").rpc_status()
             self._set_pipeline(pipeline, states + "FAILED", endTime=now())
 
-    def _run_replica(self, pid: str, pipeline: dict[str, Any], states: str, inputs: dict[str, Any], cmd: list[str],
-                     job_dir: Path, env: dict[str, str], log_path: Path) -> int:
-        """The replica's process to its end; a Spot job is preempted and restarted as `self.preempt` says."""
-        from flant5_lib.vertex.localstack import preempt
+    def _run_replicas(self, pid: str, pipeline: dict[str, Any], states: str, inputs: dict[str, Any],
+                      pools: list[dict[str, Any]], base_uri: str, job_dir: Path,
+                      log_path: Path) -> tuple[str, int, Path] | None:
+        """Every replica of every pool as its own process (`replicas`), to the end; returns the first that failed.
 
-        def started(proc: subprocess.Popen[bytes]) -> None:
-            with self.lock:
-                self.processes[pid] = proc
+        The chief logs to <kind>-<id>.log as a one-replica job always did, every other replica to
+        <kind>-<id>/workerpool<P>-<I>.log; a Spot job's chief is preempted and restarted as `self.preempt` says."""
+        from flant5_lib.vertex import images
+        from flant5_lib.vertex.localstack import preempt
 
         def restarted(row: dict[str, Any]) -> None:
             with self.lock:
                 self.restarts.setdefault(pipeline["name"], []).append(row)
 
+        cluster = replicas.cluster_addresses(pools)
+        group = replicas.Group()
+        with self.lock:
+            self.processes[pid] = group  # cancel and shutdown stop every replica
+        runs: list[replicas.Replica] = []
+        commands: dict[str, tuple[list[str], str]] = {}
+        for p, pool in enumerate(pools):
+            if f"workerpool{p}" not in cluster:
+                if p == replicas.REDUCTION_SERVER_POOL and replicas.replica_count(pool):
+                    log.info("pipeline %s: reduction-server pool not run by the stand-in (no NCCL here)", pid)
+                continue
+            key = json.dumps({k: v for k, v in pool.items() if k not in ("replica_count", "replicaCount")},
+                             sort_keys=True)
+            if key not in commands:
+                commands[key] = self._command(pool, job_dir)
+            cmd, pythonpath = commands[key]
+            env = self._job_env(pool, base_uri, inputs)
+            if pythonpath:
+                env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH", "")) if p)
+            spec = (pool.get("python_package_spec") or pool.get("pythonPackageSpec") or {})
+            uri = (spec.get("executor_image_uri") or spec.get("executorImageUri")
+                   or (pool.get("containerSpec") or pool.get("container_spec") or {}).get("imageUri") or "")
+            info = images.describe(uri) if uri else None
+            pytorch = bool(info and info.source == "prebuilt" and info.torch)
+            for i in range(replicas.replica_count(pool)):
+                name = replicas.name(p, i)
+                cwd = job_dir if name == "workerpool0-0" else job_dir / name  # each replica its own "VM disk"
+                cwd.mkdir(parents=True, exist_ok=True)
+                runs.append(replicas.Replica(p, i, cmd, replicas.replica_env(env, cluster, p, i, pytorch_image=pytorch),
+                                             cwd, log_path if name == "workerpool0-0" else job_dir / f"{name}.log"))
+        log.info("pipeline %s: %d replica(s): %s", pid, len(runs), " ".join(runs[0].cmd) if runs else "")
         plan = self.preempt if preempt.strategy_name(inputs) == "SPOT" else None
-        return preempt.run_replica(cmd, job_dir, env, log_path, plan, on_start=started, on_restart=restarted,
-                                   cancelled=lambda: pipeline.get("state") == states + "CANCELLING")
+        failed = replicas.run_all(runs, group, plan=plan, on_restart=restarted,
+                                  cancelled=lambda: pipeline.get("state") == states + "CANCELLING")
+        if failed is None:
+            return None
+        path = next(r.log_path for r in runs if r.name == failed[0])
+        return failed[0], failed[1], path
 
     def _job_env(self, pool: dict[str, Any], base_uri: str, inputs: dict[str, Any]) -> dict[str, str]:
         spec = (pool.get("python_package_spec") or pool.get("pythonPackageSpec") or pool.get("containerSpec")
@@ -244,8 +280,6 @@ class Backend:
             "AIP_MODEL_DIR": f"{base_uri}/model/",
             "AIP_CHECKPOINT_DIR": f"{base_uri}/checkpoints/",
             "CLOUD_ML_PROJECT_ID": self.project,
-            "CLUSTER_SPEC": json.dumps({"cluster": {"workerpool0": ["127.0.0.1:2222"]},
-                                        "task": {"type": "workerpool0", "index": 0}}),
             "STORAGE_EMULATOR_HOST": self.gcs_url,
             LOCAL_ENV: "1",
             "PYTHONUNBUFFERED": "1",
@@ -270,7 +304,7 @@ class Backend:
                 return
             pipeline["state"] = states + "CANCELLING"
         if proc and proc.poll() is None:
-            proc.terminate()
+            proc.terminate()  # a `replicas.Group`: every replica of the job
         elif proc is None:  # not started yet: nothing to wait for
             self._set_pipeline(pipeline, states + "CANCELLED", endTime=now())
 
@@ -392,7 +426,7 @@ class Backend:
         with self.lock:
             procs = list(self.processes.values())
         for proc in procs:
-            stop_process(proc)
+            proc.terminate()  # `replicas.Group.terminate` stops (SIGTERM, then SIGKILL) every replica
 
 
 def run_batch_job(backend: Backend, job: dict[str, Any]) -> None:

@@ -55,12 +55,22 @@ def machine_spec(spec: dict[str, Any] | None, where: str, region: str) -> None:
 
 
 def worker_pools(pools: list[dict[str, Any]], where: str, region: str) -> None:
+    """Vertex's pool rules: pool 0 is one chief; a later pool may be an empty placeholder (`{}`, as the SDK sends
+    pool 1 when only pool 2 or 3 is used), else it needs a machine; pool 2, the reduction server, needs its image."""
     if not pools:
         raise ApiError(400, f"{where}.workerPoolSpecs must contain at least one pool.")
     for i, pool in enumerate(pools):
-        if int(float(_get(pool, "replica_count") or 0)) < 1 and i == 0:
+        count = int(float(_get(pool, "replica_count") or 0))
+        if i == 0 and count != 1:
             raise ApiError(400, f"{where}.workerPoolSpecs[0].replicaCount must be 1.")
+        if i > 0 and not any(v for v in pool.values()):
+            continue  # an empty placeholder pool
         machine_spec(_get(pool, "machine_spec"), f"{where}.workerPoolSpecs[{i}]", region)
+        if i == 2 and count and not (_get(pool, "container_spec") or {}).get("imageUri", (
+                _get(pool, "container_spec") or {}).get("image_uri")):
+            raise ApiError(400, f"{where}.workerPoolSpecs[2].containerSpec.imageUri is required: the reduction "
+                                "server pool runs Google's reduction-server image (us-docker.pkg.dev/vertex-ai-"
+                                "restricted/training/reductionserver:latest).")
 
 
 def scheduling(spec: dict[str, Any], where: str, region: str) -> None:

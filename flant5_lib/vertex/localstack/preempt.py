@@ -89,8 +89,9 @@ def preempt(proc: subprocess.Popen[bytes], grace_s: float) -> dict[str, Any]:
 
 def run_replica(cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path, plan: PreemptPlan | None, *,
                 on_start: Callable[[subprocess.Popen[bytes]], None], cancelled: Callable[[], bool],
-                on_restart: Callable[[dict[str, Any]], None]) -> int:
-    """Run workerpool0-0 to its end, preempting and restarting it as `plan` says; returns its last exit code."""
+                on_restart: Callable[[dict[str, Any]], None], name: str = "workerpool0-0") -> int:
+    """Run one replica (`name`: workerpool0-0 unless told) to its end, preempting and restarting it as `plan` says;
+    returns its last exit code."""
     log_path.write_bytes(b"")
     restarts = 0
     while True:
@@ -104,7 +105,7 @@ def run_replica(cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path, 
                **preempt(proc, plan.grace_s)}
         restarts += 1
         with open(log_path, "ab") as out:
-            out.write((f"\n[local stand-in] replica workerpool0-0 was preempted (Spot): SIGTERM, exit "
+            out.write((f"\n[local stand-in] replica {name} was preempted (Spot): SIGTERM, exit "
                        f"{row['exit_code']} after {row['stopped_after_s']} s{' (SIGKILL after the grace period)' if row['sigkill'] else ''}; "
                        f"restarting it with the same environment (restart {restarts} of {plan.times})\n").encode())
         log.info("replica preempted and restarted: %s", row)
