@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ EXAMPLES = """examples:
   flant5 pipeline compile --params params/vertex-a100.yaml --dry-run      # the steps and their image
   flant5 pipeline run --local --params params/local-smoke.yaml --work-dir runs/release   # offline: kfp.local + stand-in
   flant5 pipeline run --params params/vertex-a100.yaml --work-dir /gcs/BUCKET/release    # Vertex AI Pipelines
+  flant5 pipeline run --params params/local-smoke.yaml --local-stack STATE --wait        # PipelineJob to the stand-in
   flant5 pipeline status --work-dir runs/release
   flant5 pipeline rollback --params params/vertex-a100.yaml --model projects/P/locations/R/models/ID --version 1"""
 
@@ -52,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--work-dir", metavar="DIR", default="runs/release",
                    help="folder the steps write their records to (on Vertex: a /gcs/BUCKET/... path); default %(default)s")
     r.add_argument("--no-deploy", action="store_true", help="register and promote the new version, but do not deploy it")
+    r.add_argument("--wait", action="store_true", help="on Vertex AI Pipelines: wait for the job's end, then print "
+                   "each task's state (exit 0 only if it succeeded)")
     r.add_argument("--fresh", action="store_true", help="--local: clear an earlier run's records and candidate from --work-dir first")
     r.set_defaults(func=_run)
 
@@ -85,10 +89,18 @@ def _compile(args: argparse.Namespace) -> int:
 
     params = _params(args)
     if args.dry_run:
+        from flant5_lib.pipeline.plan import plan
+
+        cost = plan(params, graph.STEPS, graph.image(params))
+        for row in cost["steps"]:  # a table to read on stderr; the JSON on stdout is for scripts
+            print(f"{row['step']:<20} {row['machine']:<34} {row['hours']:>6.2f} h  ${row['usd']:>7.2f}  {row['note']}",
+                  file=sys.stderr)
+        print(f"{'total':<20} {'':<34} {cost['total_hours']:>6.2f} h  ${cost['total_usd']:>7.2f}  prices read "
+              f"{cost['prices_read_on']}: {cost['note']}", file=sys.stderr)
         print(json.dumps({"pipeline": params.pipeline_display_name, "image": graph.image(params),
                           "train_on": params.pipeline_train_on, "steps": list(graph.STEPS),
                           "canary_traffic_percent": params.canary_traffic_percent,
-                          "batch_smoke_examples": params.batch_smoke_examples}, indent=2))
+                          "batch_smoke_examples": params.batch_smoke_examples, "cost": cost}, indent=2))
         return 0
     print(graph.compile_spec(params, args.out))
     return 0
@@ -105,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
             spec = graph.compile_spec(params, Path(tmp) / "release.yaml")
             job = _api(runner.submit, "submit the PipelineJob", params, spec, args.work_dir, deploy=not args.no_deploy)
         print(job.resource_name)
-        return 0
+        return _wait(job, args.work_dir) if args.wait else 0
     if args.local_stack:
         params = _params(args)
         _api(registry.checked_incumbent, "look up the incumbent", params)
@@ -121,6 +133,23 @@ def _run(args: argparse.Namespace) -> int:
             summary = runner.run_local(params, args.work_dir, deploy=not args.no_deploy, fresh=args.fresh)
     _print_summary(summary)
     return 0 if summary["outcome"] in ("released", "stopped at the gate") else 1
+
+
+def _wait(job: Any, work_dir: str) -> int:
+    """Wait for a submitted PipelineJob; print its tasks' states and, where --work-dir is readable here, the
+    records its steps wrote."""
+    from flant5_lib.pipeline import runner
+
+    try:
+        _api(job.wait, "wait for the PipelineJob")
+    except RuntimeError:  # the SDK's way of saying the job failed; its tasks below say where
+        pass
+    print(f"{job.resource_name}: {job.state.name}")
+    for task in sorted(job.task_details, key=lambda t: int(t.task_id or 0)):
+        print(f"  {task.task_name:<28} {task.state.name}")
+    if Path(work_dir, "preflight.json").is_file():
+        _print_summary(runner.status(work_dir))
+    return 0 if job.state.name == "PIPELINE_STATE_SUCCEEDED" else 1
 
 
 def _api(fn: Any, action: str, *a: Any, **kw: Any) -> Any:

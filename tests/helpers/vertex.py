@@ -15,11 +15,11 @@ from flant5_lib.vertex.localstack import LocalStack, start_local_stack
 @contextmanager
 def fast_stack(workdir: Path, **kwargs: Any) -> Iterator[LocalStack]:
     """`start_local_stack(workdir, **kwargs)` while the SDK polls jobs every 0.3 s."""
-    from google.cloud.aiplatform import jobs, training_jobs
+    from google.cloud.aiplatform import jobs, pipeline_jobs, training_jobs
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(training_jobs, "_JOB_WAIT_TIME", 0.3)
-        mp.setattr(jobs, "_JOB_WAIT_TIME", 0.3)
+        for module in (training_jobs, jobs, pipeline_jobs):
+            mp.setattr(module, "_JOB_WAIT_TIME", 0.3)
         with start_local_stack(workdir, **kwargs) as stack:
             yield stack
 

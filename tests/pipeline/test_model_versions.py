@@ -53,19 +53,32 @@ def test_versions_of_one_model_and_the_default_alias(stack: LocalStack) -> None:
     assert [v["version_id"] for v in registry.versions(params, first.resource_name)] == ["1"]
 
 
-@pytest.mark.slow  # about 50 s: PipelineJob.submit() waits on something offline before its request (not traced)
-def test_submitting_a_pipeline_job_to_the_stand_in_is_one_line(stack: LocalStack, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """The stand-in does not emulate pipelineJobs (docs/vertex.md's table): the CLI says so in one line."""
+# a short release (3 steps of the tiny model, 8 test examples), as tests/pipeline/test_pipeline.py runs it locally
+FAST = ("dataset=synthetic:64", "max_steps=3", "eval_strategy=no", "max_eval_samples=8", "bootstrap_samples=50",
+        "max_new_tokens=8", "model_display_name=submitted")
+
+
+@pytest.mark.slow  # a whole release in the stand-in's pipeline worker: about a minute
+def test_the_release_pipeline_submitted_as_a_pipeline_job_runs_to_its_end(stack: LocalStack, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`flant5 pipeline run` without --local submits aiplatform.PipelineJob; the stand-in runs the compiled spec."""
     from flant5_lib.cli import main
 
     state = str(stack.write_state(tmp_path / "state.json"))
-    code = main(["pipeline", "run", "--params", "params/local-smoke.yaml", "--local-stack", state,
-                 "--work-dir", "/gcs/flant5-local/release"])
-    err = capsys.readouterr().err
-    assert code != 0 and "pipelineJobs" in err and len(err.strip().splitlines()) == 1
+    work = tmp_path / "release"
+    code = main(["pipeline", "run", "--params", "params/local-smoke.yaml", "--local-stack", state, "--no-deploy",
+                 *[a for kv in FAST for a in ("--set", kv)], "--work-dir", str(work), "--wait"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "PIPELINE_STATE_SUCCEEDED" in out and f"{work}: released" in out
+    tasks = dict(line.split() for line in out.splitlines() if line.startswith("  ") and line.split()[-1].isupper()
+                 and len(line.split()) == 2)
+    assert tasks["preflight-op"] == tasks["register-op"] == tasks["promote-op"] == tasks["finish-op"] == "SUCCEEDED"
+    assert "NOT_TRIGGERED" in tasks.values() and "stopped-op" not in tasks  # the gate-stopped branch did not run
     (req,) = stack.requests("/pipelineJobs", method="POST")
     assert req["body"]["runtimeConfig"]["gcsOutputDirectory"].startswith(f"{stack.bucket}/pipeline_root")
+    params = load_params(None, {**stack.params_overrides(), "model_display_name": "submitted"})
+    assert registry.incumbent(params).version_id == "1"
 
 
 def test_an_evaluation_imported_onto_one_version(stack: LocalStack) -> None:

@@ -59,6 +59,28 @@ def test_dry_run_prints_steps_and_image(capsys: pytest.CaptureFixture[str]) -> N
     shown = json.loads(out)
     assert code == 0 and shown["image"] == "us-docker.pkg.dev/p/r/flant5-train:v1"
     assert shown["steps"][:5] == ["preflight", "train", "evaluate-candidate", "evaluate-incumbent", "gate"]
+    rows = {r["step"]: r for r in shown["cost"]["steps"]}
+    assert set(rows) == set(shown["steps"]) and all(r["machine"].startswith("e2-standard-4") for r in rows.values())
+
+
+def test_dry_run_prices_each_step_with_the_training_job_as_vertex_train_estimates_it(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The train step on Vertex costs what `flant5 vertex estimate` says, plus its launcher; evaluation scales with
+    the test split."""
+    from flant5_lib.config import load_params
+    from flant5_lib.vertex.estimate import estimate, load_prices
+
+    sets = ["--set", "pipeline_train_on=vertex", *[a for k, v in CLOUD.items() for a in ("--set", f"{k}={v}")]]
+    code, out, err = _cli(capsys, "pipeline", "compile", "--params", "params/vertex-a100.yaml", "--dry-run", *sets)
+    cost = json.loads(out)["cost"]
+    rows = {r["step"]: r for r in cost["steps"]}
+    params = load_params("params/vertex-a100.yaml", {"pipeline_train_on": "vertex", **CLOUD})
+    job = estimate(params, load_prices())
+    assert code == 0 and rows["train"]["machine"] == "e2-standard-4 + a2-highgpu-1g x 1"
+    assert job["usd"] < rows["train"]["usd"] <= job["usd"] + 0.02  # the job, and 2 minutes of its launcher
+    assert rows["evaluate-candidate"]["hours"] > rows["gate"]["hours"]
+    assert cost["total_usd"] == pytest.approx(sum(r["usd"] for r in rows.values()))
+    assert "train" in err and "total" in err  # the table a person reads
 
 
 @pytest.mark.parametrize("argv, field", [

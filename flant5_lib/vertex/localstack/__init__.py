@@ -164,9 +164,27 @@ def start_local_stack(
     client = gcs_lib.Client(project=project, credentials=AnonymousCredentials(),
                             client_options={"api_endpoint": gcs.url})
     storage.ensure_bucket(bucket, client=client)  # the SDK uploads packages there but never creates it
+    answer_project_number(project)
     atexit.register(stack.stop)  # no orphaned trainers or servers if the caller forgets
     log.info("Vertex stand-in on %s, GCS emulator on %s, bucket %s", stack.api_endpoint, gcs.url, bucket)
     return stack
+
+
+def answer_project_number(project: str) -> None:
+    """The stand-in's project number, where the Vertex SDK would ask Resource Manager (a service the stand-in does
+    not serve; offline the SDK's call retries for about 50 s, then fails). `PipelineJob.submit()` asks it to check
+    that the pipeline root's bucket belongs to the project; the GCS emulator's buckets say they belong to its
+    project number, and so they do. Other projects still go to Resource Manager."""
+    from gcp_storage_emulator import settings
+    from google.cloud.aiplatform.utils import resource_manager_utils
+
+    real = getattr(resource_manager_utils.get_project_number, "__wrapped__", resource_manager_utils.get_project_number)
+
+    def get_project_number(project_id: str, credentials: Any = None) -> str:
+        return str(settings.DEFAULT_PROJECT_NUMBER) if project_id == project else real(project_id, credentials)
+
+    get_project_number.__wrapped__ = real  # type: ignore[attr-defined]
+    resource_manager_utils.get_project_number = get_project_number
 
 
 def attach(path: str | os.PathLike[str], *, require_alive: bool = False) -> dict[str, Any] | None:
@@ -182,6 +200,7 @@ def attach(path: str | os.PathLike[str], *, require_alive: bool = False) -> dict
         log.info("%s: stand-in no longer running", path)
         return None
     os.environ.update(state["env"])
+    answer_project_number(state["params"].get("gcp_project", DEFAULT_PROJECT))
     log.info("attached to the Vertex stand-in at %s", state["api_endpoint"])
     return dict(state["params"])
 

@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from flant5_lib.vertex.localstack import checks, evaluations, tensorboards, traffic, tuning, versions
+from flant5_lib.vertex.localstack import checks, evaluations, pipeline_jobs, tensorboards, traffic, tuning, versions
 from flant5_lib.vertex.localstack.backend import Backend, Deployment, now, run_batch_job
 from flant5_lib.vertex.localstack.errors import ApiError
 from flant5_lib.vertex.localstack.listing import listing as _listing
@@ -92,6 +92,14 @@ def create_custom_job(b: Backend, m: dict[str, str], body: dict[str, Any], q: di
 @route("POST", "hyperparameterTuningJobs")
 def create_tuning_job(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
     return tuning.create(b, body)
+
+
+# --- pipeline jobs (aiplatform.PipelineJob: run by kfp's local orchestrator, `pipeline_jobs`) ----------------
+
+
+@route("POST", "pipelineJobs")
+def create_pipeline_job(b: Backend, m: dict[str, str], body: dict[str, Any], q: dict[str, list[str]]) -> Any:
+    return pipeline_jobs.create(b, body, q)
 
 
 # --- TensorBoards (the stand-in knows one: DEFAULT_TENSORBOARD) ---------------------------------------
@@ -378,6 +386,7 @@ KINDS = (
     Kind("batchPredictionJobs", "BatchPredictionJob", "batch_jobs", cancel=_cancel_batch, in_use=_job_in_use),
     Kind("hyperparameterTuningJobs", "HyperparameterTuningJob", "tuning_jobs", cancel=tuning.cancel,
          in_use=_job_in_use),
+    Kind("pipelineJobs", "PipelineJob", "pipeline_jobs", cancel=pipeline_jobs.cancel, in_use=pipeline_jobs.in_use),
 )
 
 

@@ -81,9 +81,10 @@ class Backend:
     predictions_served: dict[str, int] = field(default_factory=dict)  # endpoint id -> count (`traffic.pick`)
     batch_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     tuning_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # hyperparameterTuningJobs (`tuning`)
+    pipeline_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # pipelineJobs (`pipeline_jobs`)
     operations: dict[str, dict[str, Any]] = field(default_factory=dict)
     deployments: dict[str, Deployment] = field(default_factory=dict)  # deployed model id -> server
-    processes: dict[str, Any] = field(default_factory=dict)  # pipeline id -> its replicas (`replicas.Group`)
+    processes: dict[str, Any] = field(default_factory=dict)  # job id -> its replicas (`replicas.Group`) or worker
     requests: list[dict[str, Any]] = field(default_factory=list)
     preempt: Any = None  # localstack.preempt.PreemptPlan: Spot replicas are preempted and restarted (None: never)
     restarts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # job resource name -> preemptions

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 # google.rpc.Code numbers of the statuses the stand-in answers with (an operation's or a job's `error.code`)
-_RPC_CODES = {"INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5, "ALREADY_EXISTS": 6,
+_RPC_CODES = {"CANCELLED": 1, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5, "ALREADY_EXISTS": 6,
               "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "INTERNAL": 13,
               "UNAVAILABLE": 14}
 
