@@ -108,6 +108,17 @@ def test_the_old_default_image_fails_naming_the_torch_conflict() -> None:
     assert line.startswith("train_container_uri") and "torch 2.4" in line and "torch>=2.6" in line
 
 
+def test_the_original_samples_image_fails_naming_its_python_and_torch_not_unknown_image() -> None:
+    """The sample's europe-docker.pkg.dev/vertex-ai/training/pytorch-gpu.1-10: Python 3.7 and torch 1.10, from
+    Google's table (params/tables/images.yaml), before any request."""
+    sample = "europe-docker.pkg.dev/vertex-ai/training/pytorch-gpu.1-10:latest"
+    (line,) = _problems(train_job_kind="script", train_container_uri=sample)
+    assert "Python 3.7 in the image" in line and "unknown" not in line
+    (line,) = _problems(train_job_kind="script", train_container_uri=sample,
+                        train_requirements=["transformers>=5,<6"])  # no pins: torch is the image's own
+    assert "torch 1.10" in line and "torch>=2.6" in line
+
+
 def test_the_old_default_image_with_pinned_requirements_fails_naming_the_python_conflict() -> None:
     (line,) = _problems(train_job_kind="script", train_container_uri=OLD_DEFAULT)
     pins = images.pins()
