@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -137,8 +138,6 @@ def test_default_cpu_backend_agrees_with_pytorch_fp32(trained_model: Path, refer
     on the CPU's int8 kernels (23 of 24 on one machine, fewer on AMD EPYC), so the count is printed, not asserted.
     What must hold everywhere: where int8 departs from fp32, fp32 itself rates int8's token within 5% of its logit
     range of its own choice (a near-tie that rounding flips), never a clearly worse token."""
-    import torch
-
     from flant5_lib.serve.backends import load_backend
 
     hf, ids, expected = reference
@@ -148,11 +147,20 @@ def test_default_cpu_backend_agrees_with_pytorch_fp32(trained_model: Path, refer
     same = sum(a == b for a, b in zip(expected, got))
     print(f"int8 CTranslate2 (split batches) vs PyTorch fp32: {same}/{len(ids)} greedy summaries identical")
     assert all(got) and len(got) == len(ids), "every dialogue gets a non-empty summary"
+    _assert_departures_are_near_ties(hf, fast, ids, expected, GREEDY["max_new_tokens"])
+
+
+def _assert_departures_are_near_ties(hf: Any, fast: Any, ids: list[list[int]], expected: list[str],
+                                     max_new_tokens: int) -> None:
+    """Where `fast`'s greedy ids depart from fp32's, fp32 (teacher-forced on `fast`'s ids) must rate `fast`'s token
+    within 5% of its logit range of its own choice: a near-tie that rounding flips, never a clearly worse token."""
+    import torch
+
     start = hf.model.generation_config.decoder_start_token_id
-    for source, ref_text, int8_ids in zip(ids, expected, fast.greedy_ids(ids, GREEDY["max_new_tokens"])):
+    for source, ref_text, fast_ids in zip(ids, expected, fast.greedy_ids(ids, max_new_tokens)):
         with torch.no_grad():
-            logits = hf.model(input_ids=torch.tensor([source]), decoder_input_ids=torch.tensor([[start, *int8_ids]])).logits[0]
-        for step, token in enumerate(int8_ids):
+            logits = hf.model(input_ids=torch.tensor([source]), decoder_input_ids=torch.tensor([[start, *fast_ids]])).logits[0]
+        for step, token in enumerate(fast_ids):
             row = logits[step]
             if int(row.argmax()) != token:
                 gap = float(row.max() - row[token]) / float(row.max() - row.min())
@@ -177,18 +185,21 @@ def test_server_logs_its_backend_choice_at_startup(tiny_model_dir: Path, tmp_pat
     assert any("serving backend ctranslate2" in line and detect_cpu().isa in line for line in lines), lines
 
 
-@pytest.mark.slow  # a second short fit, on real SAMSum validation dialogues
+@pytest.mark.slow  # a second short fit, on real SAMSum validation dialogues (about 2 minutes on 2 busy cores)
 def test_default_engine_matches_pytorch_fp32_on_the_samsum_test_split(tiny_model_dir: Path, samsum_dir: Path,
                                                                      tmp_path: Path) -> None:
     """The engine `auto` serves here, against PyTorch fp32, on a tiny model fitted to SAMSum's validation dialogues
-    and scored on its test dialogues: the share of identical greedy summaries and the ROUGE difference (printed, for
-    docs/benchmarks.md). A broken engine (wrong order, wrong inputs, a rescaled decoder) moves ROUGE by far more
-    than the bound; int8 rounding flips near-ties only."""
+    and scored on its test dialogues: the share of identical greedy summaries and the ROUGE difference, printed for
+    docs/benchmarks.md. A tiny model fitted for 90 steps is still full of near-ties, so how many summaries come out
+    identical is what int8 rounding makes of them (measured: 16% of 96 on an AMD EPYC), not a correctness bound.
+    What is asserted: CTranslate2 in float32 follows PyTorch (the engine itself: order, inputs, decoder scaling), and
+    every place where int8 departs from fp32 is a near-tie by fp32's own logits."""
     import json
 
     from flant5_lib.metrics import compute_rouge
     from flant5_lib.preprocess import encode_sources
     from flant5_lib.serve.backends import HFBackend, load_backend
+    from flant5_lib.serve.ct2 import CT2Backend
 
     val = json.loads((samsum_dir / "original" / "val.json").read_text())
     test = json.loads((samsum_dir / "original" / "test.json").read_text())[:96]
@@ -198,14 +209,16 @@ def test_default_engine_matches_pytorch_fp32_on_the_samsum_test_split(tiny_model
     ids, _ = encode_sources(hf.tokenizer, [r["dialogue"] for r in test], Params())
     gen = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False}
     ref, got = hf.generate(ids, gen), fast.generate(ids, gen)
+    fp32 = CT2Backend(model, compute_type="float32", device="cpu", threads=2).generate(ids, gen)
     summaries = [r["summary"] for r in test]
     r_ref, r_got = compute_rouge(ref, summaries), compute_rouge(got, summaries)
     same = sum(a == b for a, b in zip(ref, got)) / len(ref)
+    same_fp32 = sum(a == b for a, b in zip(ref, fp32)) / len(ref)
     delta = {k: round(r_got[k] - r_ref[k], 2) for k in ("rouge1", "rouge2", "rougeL")}
     print(f"{fast.name} ({getattr(fast, 'compute_type', '')}) vs PyTorch fp32 on {len(test)} SAMSum test dialogues "
-          f"(tiny model, fit loss {loss:.2f}): {same:.0%} identical greedy summaries; ROUGE-L {r_ref['rougeL']:.2f} vs "
-          f"{r_got['rougeL']:.2f}; differences {delta}")
+          f"(tiny model, fit loss {loss:.2f}): {same:.0%} identical greedy summaries (CTranslate2 float32: "
+          f"{same_fp32:.0%}); ROUGE-L {r_ref['rougeL']:.2f} vs {r_got['rougeL']:.2f}; differences {delta}")
     assert len(set(ref)) >= 10, "the fitted model writes varied summaries (else agreement says nothing)"
     assert all(got) and len(got) == len(test)
-    assert same >= 0.5, f"only {same:.0%} of greedy summaries identical"
-    assert all(abs(d) <= 1.5 for d in delta.values()), delta
+    assert same_fp32 >= 0.8, f"CTranslate2 float32 matches PyTorch fp32 on only {same_fp32:.0%}"
+    _assert_departures_are_near_ties(hf, fast, ids, ref, gen["max_new_tokens"])
