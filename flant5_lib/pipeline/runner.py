@@ -67,6 +67,10 @@ def submit(params: Params, spec: str, work_dir: str, *, deploy: bool = True) -> 
     from flant5_lib.vertex.jobs import init_sdk
 
     aiplatform = init_sdk(params)
+    if params.vertex_mode == "local":  # the stand-in's project number, where the SDK would ask Resource Manager
+        from flant5_lib.vertex.localstack import answer_project_number
+
+        answer_project_number(params.gcp_project)
     job = aiplatform.PipelineJob(
         display_name=params.pipeline_display_name, template_path=spec, pipeline_root=pipeline_root(params),
         parameter_values={"params_yaml": params_yaml(params), "work_dir": work_dir, "deploy": deploy},

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from flant5_lib.vertex.localstack import LocalStack, start_local_stack
+from flant5_lib.vertex.localstack import LocalStack, answer_project_number, start_local_stack
 
 
 @contextmanager
@@ -21,6 +21,7 @@ def fast_stack(workdir: Path, **kwargs: Any) -> Iterator[LocalStack]:
         for module in (training_jobs, jobs, pipeline_jobs):
             mp.setattr(module, "_JOB_WAIT_TIME", 0.3)
         with start_local_stack(workdir, **kwargs) as stack:
+            answer_project_number(stack.project)  # PipelineJob.submit() asks Resource Manager otherwise (~50 s)
             yield stack
 
 

@@ -164,7 +164,6 @@ def start_local_stack(
     client = gcs_lib.Client(project=project, credentials=AnonymousCredentials(),
                             client_options={"api_endpoint": gcs.url})
     storage.ensure_bucket(bucket, client=client)  # the SDK uploads packages there but never creates it
-    answer_project_number(project)
     atexit.register(stack.stop)  # no orphaned trainers or servers if the caller forgets
     log.info("Vertex stand-in on %s, GCS emulator on %s, bucket %s", stack.api_endpoint, gcs.url, bucket)
     return stack
@@ -174,7 +173,9 @@ def answer_project_number(project: str) -> None:
     """The stand-in's project number, where the Vertex SDK would ask Resource Manager (a service the stand-in does
     not serve; offline the SDK's call retries for about 50 s, then fails). `PipelineJob.submit()` asks it to check
     that the pipeline root's bucket belongs to the project; the GCS emulator's buckets say they belong to its
-    project number, and so they do. Other projects still go to Resource Manager."""
+    project number, and so they do. Other projects still go to Resource Manager. Called where a PipelineJob is
+    submitted in local mode (`pipeline.runner.submit`, the tests' `fast_stack`), not on every attach: it imports
+    the SDK."""
     from gcp_storage_emulator import settings
     from google.cloud.aiplatform.utils import resource_manager_utils
 
@@ -200,7 +201,6 @@ def attach(path: str | os.PathLike[str], *, require_alive: bool = False) -> dict
         log.info("%s: stand-in no longer running", path)
         return None
     os.environ.update(state["env"])
-    answer_project_number(state["params"].get("gcp_project", DEFAULT_PROJECT))
     log.info("attached to the Vertex stand-in at %s", state["api_endpoint"])
     return dict(state["params"])
 
