@@ -501,10 +501,17 @@ def disk_mb(name: str, model: Path, onnx_dir: Path | None, auto_backend: str) ->
     e = ENGINES[name]
     if e["kind"] == "peer":
         return folder_mb(onnx_dir / e["onnx"], "*.onnx*") if onnx_dir else 0.0
+    own_onnx = 0.0
+    if e["kind"] == "onnxruntime" or e.get("overrides", {}).get("serve_onnx_single"):
+        from flant5_lib.serve.onnx_engine import export_model
+
+        own_onnx = folder_mb(export_model(model, "int8"), "*.onnx")
+        if e["kind"] == "onnxruntime":
+            return own_onnx
     if e["kind"] == "ctranslate2" or (e["kind"] == "auto" and auto_backend == "ctranslate2"):
         from flant5_lib.serve.ct2 import convert_model
 
-        return folder_mb(convert_model(model, e.get("overrides", {}).get("serve_ct2_compute_type", "int8")), "*.bin")
+        return own_onnx + folder_mb(convert_model(model, e.get("overrides", {}).get("serve_ct2_compute_type", "int8")), "*.bin")
     return folder_mb(model, "*.safetensors")
 
 
@@ -517,6 +524,9 @@ ENGINES: dict[str, dict[str, Any]] = {
     # What `serve_backend: auto` loads here (the server's and `flant5 summarize`'s choice), however it resolves.
     DEFAULT: {"kind": "auto"},
     PEER: {"kind": "peer", "onnx": "int8"},
+    # The project's own int8 ONNX Runtime export (one dialogue at a time), and auto with it for lone dialogues.
+    "ort-own-int8": {"kind": "onnxruntime"},
+    "auto-onnx-single": {"kind": "auto", "overrides": {"serve_onnx_single": True}},
     # Extra rows on request (--engines): the split without the ISA change, and the peer without quantisation.
     "ct2-int8-split-avx2": {"kind": "ctranslate2", "env": STOCK_ISA},
     "onnxruntime-fp32": {"kind": "peer", "onnx": "fp32"},

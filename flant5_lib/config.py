@@ -136,11 +136,18 @@ class Params(BaseModel):
     compare_untuned: bool = Field(True, description="Also score the model before fine-tuning.")
 
     # --- serving --------------------------------------------------------------------------------
-    serve_backend: Literal["hf", "ctranslate2", "auto"] = Field("auto", description="'hf' = transformers generate; 'ctranslate2' = int8 "
-        "CTranslate2 on CPU; 'auto' = chosen from the detected hardware (CTranslate2 on a CPU, transformers on a GPU), logged at start-up.")
+    serve_backend: Literal["hf", "ctranslate2", "onnxruntime", "auto"] = Field("auto", description="'hf' = transformers generate; "
+        "'ctranslate2' = int8 CTranslate2 on CPU; 'onnxruntime' = the project's int8 ONNX Runtime export on CPU (greedy, one "
+        "dialogue at a time); 'auto' = chosen from the detected hardware (CTranslate2 on a CPU, plus ONNX Runtime for a lone greedy dialogue "
+        "with serve_onnx_single; transformers on a GPU), logged at start-up.")
     serve_ct2_compute_type: Literal["int8", "int8_float32", "float32"] = Field(
-        "int8", description="CTranslate2 weights/compute type (converted once into the serving cache, FLANT5_CACHE_DIR)."
+        "int8", description="CTranslate2 weights/compute type (converted once into the serving cache, FLANT5_CACHE_DIR); "
+        "the ONNX Runtime export follows it (float32 for float32, else int8)."
     )
+    serve_onnx_single: bool = Field(False, description="auto on an x86 CPU: send a lone greedy dialogue to the project's "
+        "int8 ONNX Runtime export (about 1.3x faster than CTranslate2 at batch 1, docs/benchmarks.md) and keep CTranslate2 "
+        "for batches and beam search. Off by default until its agreement with PyTorch is measured on a trained model: "
+        "a dialogue sent alone and the same dialogue sent in a batch can then differ where int8 rounding breaks a near-tie.")
     serve_ct2_split_batches: bool = Field(True, description="CPU: cut each micro-batch into length-sorted sub-batches of 4, decoded "
         "in parallel by one single-threaded CTranslate2 replica per thread (less padding; about 200 MB more memory per thread "
         "for flan-t5-base int8). False: one replica, whole batches.")

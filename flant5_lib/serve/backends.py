@@ -1,6 +1,7 @@
-"""Generation backends for serving and the batch CLI: one interface, two engines (transformers, CTranslate2).
+"""Generation backends for serving and the batch CLI: one interface, three engines (transformers, CTranslate2, ONNX
+Runtime), and `auto`'s routing of a lone greedy dialogue to ONNX Runtime (onnx_engine.RoutedBackend).
 
-Both take token ids made by `preprocess.encode_sources`, so every engine sees exactly the inputs training saw.
+All take token ids made by `preprocess.encode_sources`, so every engine sees exactly the inputs training saw.
 """
 
 from __future__ import annotations
@@ -80,13 +81,24 @@ def load_backend(model_dir: str | os.PathLike[str], params: Params, device: str 
     merged into its recorded base model at load). `auto` is resolved from the detected hardware, and the choice logged."""
     from flant5_lib.serve.hardware import resolve_backend
 
-    choice = resolve_backend(params, device)
-    if choice.backend == "ctranslate2":
-        from flant5_lib.serve.ct2 import CT2Backend
+    from flant5_lib.serve.hardware import ort_compute_type
 
-        folder = Path(model_dir)
-        if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
-            folder = _merged_adapter(folder)
-        return CT2Backend(folder, compute_type=choice.compute_type, device=device, threads=choice.threads,
-                          split_batches=params.serve_ct2_split_batches, env=choice.env)
-    return HFBackend(model_dir, device=device, threads=params.serve_threads)
+    choice = resolve_backend(params, device)
+    if choice.backend == "hf":
+        return HFBackend(model_dir, device=device, threads=params.serve_threads)
+    folder = Path(model_dir)  # CTranslate2 and the ONNX export start from a full model folder
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        folder = _merged_adapter(folder)
+    if choice.backend == "onnxruntime":
+        from flant5_lib.serve.onnx_engine import OrtBackend
+
+        return OrtBackend(folder, compute_type=choice.compute_type, threads=choice.threads)
+    from flant5_lib.serve.ct2 import CT2Backend
+
+    batch = CT2Backend(folder, compute_type=choice.compute_type, device=device, threads=choice.threads,
+                       split_batches=params.serve_ct2_split_batches, env=choice.env)
+    if choice.single == "onnxruntime" and batch.device == "cpu":
+        from flant5_lib.serve.onnx_engine import OrtBackend, RoutedBackend
+
+        return RoutedBackend(batch, OrtBackend(folder, compute_type=ort_compute_type(params), threads=choice.threads))
+    return batch

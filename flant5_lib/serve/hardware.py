@@ -98,21 +98,29 @@ class BackendChoice:
     threads: int
     env: dict[str, str]
     reason: str
+    single: str | None = None  # the engine a lone greedy dialogue goes to instead (auto on a CPU: onnxruntime)
 
     def describe(self) -> str:
         env = " ".join(f"{k}={v}" for k, v in self.env.items())
-        return f"{self.backend} ({self.compute_type}, {self.threads} thread(s){', ' + env if env else ''}): {self.reason}"
+        also = f", one greedy dialogue on {self.single}" if self.single else ""
+        return f"{self.backend} ({self.compute_type}, {self.threads} thread(s){', ' + env if env else ''}{also}): {self.reason}"
 
 
-def choose_backend(cpu: CPUInfo, params: Params, *, cuda: bool = False, ct2_available: bool | None = None) -> BackendChoice:
+def choose_backend(cpu: CPUInfo, params: Params, *, cuda: bool = False, ct2_available: bool | None = None,
+                   ort_available: bool | None = None) -> BackendChoice:
     """`serve_backend` and `serve_threads` resolved for `cpu`: an explicit setting always wins, `auto` picks.
 
     auto: a GPU keeps transformers (bf16/fp32 generate is fast there and CTranslate2's CUDA build is not in the
-    serving image); any CPU with CTranslate2 installed gets its host-tuned int8 engine (about 5x PyTorch fp32 and 3x
-    ONNX Runtime int8 at batch 16 in the README's run, a quarter of the disk); without CTranslate2, transformers fp32.
+    serving image); any CPU with CTranslate2 installed gets its host-tuned int8 engine for batches (length-sorted
+    sub-batches: 1.7x ONNX Runtime int8 at batch 16, docs/benchmarks.md), and with serve_onnx_single on x86 with
+    onnxruntime installed a lone greedy dialogue goes to the project's ONNX Runtime export (its decoder step takes about half CTranslate2's time at
+    batch 1, measured on AVX2 and AVX-512 EPYCs; ARM is unmeasured, so it stays on CTranslate2 there); without
+    CTranslate2, transformers fp32.
     """
     if ct2_available is None:
         ct2_available = importlib.util.find_spec("ctranslate2") is not None
+    if ort_available is None:
+        ort_available = importlib.util.find_spec("onnxruntime") is not None
     threads = params.serve_threads or cpu.cores
     requested = params.serve_backend
     if requested == "auto":
@@ -121,14 +129,28 @@ def choose_backend(cpu: CPUInfo, params: Params, *, cuda: bool = False, ct2_avai
         elif not ct2_available:
             backend, reason = "hf", "ctranslate2 is not installed (pip install 'flant5-lib[serve]')"
         else:
-            backend, reason = "ctranslate2", f"CPU with {cpu.isa}: int8 CTranslate2 is the fastest measured engine"
+            backend, reason = "ctranslate2", f"CPU with {cpu.isa}: int8 CTranslate2 is the fastest measured engine for batches"
     else:
         backend, reason = requested, "set by serve_backend"
     env: dict[str, str] = {}
     if backend == "ctranslate2" and not cuda and cpu.has_avx512 and "CT2_FORCE_CPU_ISA" not in os.environ:
         env["CT2_FORCE_CPU_ISA"] = "AVX512"  # its default stays on AVX2 kernels even where AVX-512 is present
-    compute = params.serve_ct2_compute_type if backend == "ctranslate2" else ("float32" if not cuda else "model dtype")
-    return BackendChoice(backend=backend, compute_type=compute, threads=threads, env=env, reason=reason)
+    single = None
+    if (params.serve_onnx_single and requested == "auto" and backend == "ctranslate2" and ort_available
+            and cpu.machine in ("x86_64", "amd64")):
+        single, reason = "onnxruntime", reason + ", the project's int8 ONNX Runtime export for one dialogue"
+    if backend == "onnxruntime" and cuda:
+        raise ValueError("serve_backend=onnxruntime runs on a CPU only; use hf or auto on a GPU")
+    if backend in ("ctranslate2", "onnxruntime"):
+        compute = params.serve_ct2_compute_type if backend == "ctranslate2" else ort_compute_type(params)
+    else:
+        compute = "float32" if not cuda else "model dtype"
+    return BackendChoice(backend=backend, compute_type=compute, threads=threads, env=env, reason=reason, single=single)
+
+
+def ort_compute_type(params: Params) -> str:
+    """The ONNX Runtime export's type, following serve_ct2_compute_type: float32 stays float32, the rest is int8."""
+    return "float32" if params.serve_ct2_compute_type == "float32" else "int8"
 
 
 def resolve_backend(params: Params, device: str | None = None) -> BackendChoice:
