@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -146,8 +147,6 @@ def _export_graphs(model: Any, dst: Path) -> dict[str, Any]:
     ids = torch.full((1, src_len), 5, dtype=torch.long)
     mask = torch.ones(1, src_len, dtype=torch.long)
     common: dict[str, Any] = {"dynamo": False, "opset_version": 17, "do_constant_folding": True}
-    import warnings
-
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notices
         torch.onnx.export(enc, (ids, mask), str(dst / "encoder.onnx"), input_names=["input_ids", "attention_mask"],
