@@ -79,9 +79,7 @@ def _merged_adapter(adapter_dir: Path) -> Path:
 def load_backend(model_dir: str | os.PathLike[str], params: Params, device: str | None = None) -> Backend:
     """The engine `params.serve_backend` names, loaded from a local model folder (or an adapter-only LoRA export,
     merged into its recorded base model at load). `auto` is resolved from the detected hardware, and the choice logged."""
-    from flant5_lib.serve.hardware import resolve_backend
-
-    from flant5_lib.serve.hardware import ort_compute_type
+    from flant5_lib.serve.hardware import ort_compute_type, resolve_backend
 
     choice = resolve_backend(params, device)
     if choice.backend == "hf":

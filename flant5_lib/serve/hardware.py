@@ -113,9 +113,9 @@ def choose_backend(cpu: CPUInfo, params: Params, *, cuda: bool = False, ct2_avai
     auto: a GPU keeps transformers (bf16/fp32 generate is fast there and CTranslate2's CUDA build is not in the
     serving image); any CPU with CTranslate2 installed gets its host-tuned int8 engine for batches (length-sorted
     sub-batches: 1.7x ONNX Runtime int8 at batch 16, docs/benchmarks.md), and with serve_onnx_single on x86 with
-    onnxruntime installed a lone greedy dialogue goes to the project's ONNX Runtime export (its decoder step takes about half CTranslate2's time at
-    batch 1, measured on AVX2 and AVX-512 EPYCs; ARM is unmeasured, so it stays on CTranslate2 there); without
-    CTranslate2, transformers fp32.
+    onnxruntime installed a lone greedy dialogue goes to the project's ONNX Runtime export (its decoder step takes
+    about half CTranslate2's time at batch 1, measured on AVX2 and AVX-512 EPYCs; ARM is unmeasured, so it stays on
+    CTranslate2 there); without CTranslate2, transformers fp32.
     """
     if ct2_available is None:
         ct2_available = importlib.util.find_spec("ctranslate2") is not None
@@ -141,10 +141,8 @@ def choose_backend(cpu: CPUInfo, params: Params, *, cuda: bool = False, ct2_avai
         single, reason = "onnxruntime", reason + ", the project's int8 ONNX Runtime export for one dialogue"
     if backend == "onnxruntime" and cuda:
         raise ValueError("serve_backend=onnxruntime runs on a CPU only; use hf or auto on a GPU")
-    if backend in ("ctranslate2", "onnxruntime"):
-        compute = params.serve_ct2_compute_type if backend == "ctranslate2" else ort_compute_type(params)
-    else:
-        compute = "float32" if not cuda else "model dtype"
+    compute = {"ctranslate2": params.serve_ct2_compute_type, "onnxruntime": ort_compute_type(params)}.get(
+        backend, "model dtype" if cuda else "float32")
     return BackendChoice(backend=backend, compute_type=compute, threads=threads, env=env, reason=reason, single=single)
 
 
