@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     if ref_ids is not None:
         agree = {k: agreement(ref_ids, v) for k, v in agree.items()}
 
-    disk = {name: disk_mb(name, model, onnx_dir, auto.backend) for name in engines}
+    disk = {name: disk_mb(name, model, onnx_dir, auto) for name in engines}
     print(f"\nCPU: {cpu.describe()}\nmodel: {model.name} (flan-t5-base architecture, random weights); inputs: {source}, "
           f"{args.dialogues} dialogues at batch 16 and {args.batch1_dialogues} at batch 1, mean "
           f"{statistics.mean(len(s) for s in ids[: args.dialogues]):.0f} source tokens; exactly {args.tokens} new tokens; "
@@ -497,12 +497,14 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
-def disk_mb(name: str, model: Path, onnx_dir: Path | None, auto_backend: str) -> float:
+def disk_mb(name: str, model: Path, onnx_dir: Path | None, auto: Any) -> float:
+    """What the engine's files take on disk (auto: what its choice `auto` converts and exports)."""
     e = ENGINES[name]
     if e["kind"] == "peer":
         return folder_mb(onnx_dir / e["onnx"], "*.onnx*") if onnx_dir else 0.0
-    own_onnx = 0.0
-    if e["kind"] == "onnxruntime" or e.get("overrides", {}).get("serve_onnx_single"):
+    own_onnx, auto_backend = 0.0, auto.backend
+    routed = e["kind"] == "auto" and auto.single and e.get("overrides", {}).get("serve_onnx_single", True)
+    if e["kind"] == "onnxruntime" or routed:
         from flant5_lib.serve.onnx_engine import export_model
 
         own_onnx = folder_mb(export_model(model, "int8"), "*.onnx")
@@ -521,17 +523,19 @@ ENGINES: dict[str, dict[str, Any]] = {
     BASELINE: {"kind": "hf"},
     # The project's CTranslate2 path before host tuning: one replica, all threads on every batch, CT2's own ISA choice.
     "ct2-int8-untuned": {"kind": "ctranslate2", "overrides": {"serve_ct2_split_batches": False}, "env": STOCK_ISA},
-    # What `serve_backend: auto` loads here (the server's and `flant5 summarize`'s choice), however it resolves.
+    # auto without its ONNX Runtime route: host-tuned CTranslate2 for every batch, a lone dialogue included.
+    "ct2-int8-tuned": {"kind": "auto", "overrides": {"serve_onnx_single": False}},
+    # What `serve_backend: auto` loads here (the server's and `flant5 summarize`'s choice), however it resolves: on
+    # x86 a lone greedy dialogue on the project's ONNX Runtime export, batches on host-tuned CTranslate2.
     DEFAULT: {"kind": "auto"},
     PEER: {"kind": "peer", "onnx": "int8"},
-    # The project's own int8 ONNX Runtime export (one dialogue at a time), and auto with it for lone dialogues.
+    # The project's own int8 ONNX Runtime export alone (one dialogue at a time, a batch of 16 included).
     "ort-own-int8": {"kind": "onnxruntime"},
-    "auto-onnx-single": {"kind": "auto", "overrides": {"serve_onnx_single": True}},
     # Extra rows on request (--engines): the split without the ISA change, and the peer without quantisation.
     "ct2-int8-split-avx2": {"kind": "ctranslate2", "env": STOCK_ISA},
     "onnxruntime-fp32": {"kind": "peer", "onnx": "fp32"},
 }
-DEFAULT_ENGINES = [BASELINE, "ct2-int8-untuned", DEFAULT, PEER]
+DEFAULT_ENGINES = [BASELINE, "ct2-int8-untuned", "ct2-int8-tuned", DEFAULT, PEER]
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] in ("--worker", "--peer-export"):

@@ -15,7 +15,9 @@ shared machine's noise hits both alike):
 - call overhead: the server's whole `backend.generate` (detokenising included) minus the parts above;
 
 for 1 and 2 threads. What bounds batch 1 shows in the last columns: a decoder step is a handful of [1 x 768]
-matrix-vector products per layer, and whether a second thread shortens it.
+matrix-vector products per layer, and whether a second thread shortens it. Last, the memory bound: a step at batch 1
+reads every decoder weight once (118 MiB of int8 for flan-t5-base), so the machine's read bandwidth, measured on the
+same threads, sets a floor under the step that no engine can go below.
 
     .venv/bin/python benchmarks/profile_batch1.py            # a few minutes once the model is exported
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -87,6 +90,33 @@ def profile(model: Path, threads: int, dialogues: list[str], tokens: int, reps: 
     return out
 
 
+def step_weight_bytes(model: Path) -> int:
+    """Bytes of int8 weights one decoder step reads: every decoder product (the cross-attention K/V ones run once per
+    dialogue, not per step) and the LM head, one byte per weight. Norms, biases and the one embedding row are noise."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in model.glob("*.safetensors"):
+        with safe_open(str(path), framework="numpy") as f:
+            for name in f.keys():
+                per_step = name.startswith(("decoder.block.", "lm_head.")) and name.endswith(".weight")
+                if per_step and not any(k in name for k in ("EncDecAttention.k.", "EncDecAttention.v.", "layer_norm",
+                                                             "relative_attention_bias")):
+                    total += math.prod(f.get_slice(name).get_shape())
+    return total
+
+
+def read_bandwidth(threads: int, nbytes: int, reps: int = 7) -> float:
+    """Bytes per second this machine streams from memory: the best of `reps` sums over a buffer of `nbytes`, far
+    larger than any cache (float32 `torch.sum` on `threads` threads: it only reads, so memory bounds it)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    buf = torch.ones(nbytes // 4, dtype=torch.float32)
+    best = min(_timed(torch.sum, buf) for _ in range(reps))
+    return nbytes / best
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model folder (flan-t5-base shape built once if missing)")
@@ -121,6 +151,18 @@ def main(argv: list[str] | None = None) -> int:
                                          "encoder": round(ct2["encoder_ms"] / ort["encoder_ms"], 2)}
         print(f"{t} thread(s): CTranslate2 / ONNX Runtime = {summary[f'ct2_over_ort_{t}t']['total']:.2f}x whole summary, "
               f"{summary[f'ct2_over_ort_{t}t']['step']:.2f}x per step, {summary[f'ct2_over_ort_{t}t']['encoder']:.2f}x encoder")
+    # What bounds a step: at batch 1 each step streams every decoder weight from memory once.
+    weights = step_weight_bytes(model)
+    print(f"\nmemory bound of a decoder step: {weights / 2**20:.0f} MiB of int8 weights per step")
+    for by_engine in results:
+        t = by_engine["onnxruntime"]["threads"]
+        bw = read_bandwidth(t, max(4 * weights, 2**29))
+        floor_ms = 1000 * weights / bw
+        summary[f"memory_{t}t"] = {"read_gb_s": round(bw / 1e9, 1), "step_floor_ms": round(floor_ms, 2),
+                                   **{f"{n}_step_over_floor": round(r["step_ms"] / floor_ms, 2) for n, r in by_engine.items()}}
+        print(f"{t} thread(s): reads {bw / 1e9:.1f} GB/s, so a step takes at least {floor_ms:.2f} ms; "
+              + ", ".join(f"{n} {r['step_ms'] / floor_ms:.1f}x that" for n, r in by_engine.items()))
+    summary["step_weight_mib"] = round(weights / 2**20)
     print(json.dumps({**summary, **watch.report()}))
     return 0
 

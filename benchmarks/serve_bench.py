@@ -1,5 +1,6 @@
 """Prediction-server throughput and latency: naive (one generate per request) vs micro-batching vs micro-batching +
-CTranslate2 int8, each a real `flant5 serve` subprocess called over HTTP by 1, 4, 16 and 32 closed-loop clients.
+CTranslate2 int8 vs the default (`auto`: on x86 a lone dialogue on ONNX Runtime, batches on CTranslate2), each a
+real `flant5 serve` subprocess called over HTTP by 1, 4 and 16 closed-loop clients.
 
 The model has flan-t5-base's architecture with random weights and every request asks for exactly --tokens new tokens
 (min_new_tokens = max_new_tokens), so the figures do not depend on what the weights say.
@@ -48,6 +49,8 @@ CONFIGS = {
     "naive": ["serve_max_batch_size=1", "serve_backend=hf", "serve_max_queue_dialogues=64"],
     "batched": ["serve_max_batch_size=16", "serve_max_wait_ms=10", "serve_backend=hf"],
     "batched+ct2": ["serve_max_batch_size=16", "serve_max_wait_ms=10", "serve_backend=ctranslate2"],
+    # The default: auto (on x86, a lone dialogue on the project's ONNX Runtime export, batches on CTranslate2).
+    "batched+auto": ["serve_max_batch_size=16", "serve_max_wait_ms=10", "serve_backend=auto"],
 }
 
 
@@ -93,6 +96,7 @@ async def load(base: str, dialogues: list[str], clients: int, per_client: int | 
                duration: float | None = None) -> dict:
     """Closed loop: each client sends one single-dialogue request after another."""
     latencies: list[float] = []
+    server: list[float] = []  # the server's own time for each answered request (Server-Timing)
     failures = 0
     body_params = {"max_new_tokens": tokens, "min_new_tokens": tokens}
     stop_at = time.monotonic() + duration if duration else None
@@ -106,6 +110,8 @@ async def load(base: str, dialogues: list[str], clients: int, per_client: int | 
             try:
                 r = await http.post(base + "/predict", json={"instances": [dialogue], "parameters": body_params})
                 ok = r.status_code == 200 and len(r.json()["predictions"]) == 1
+                if ok:
+                    server.append(_server_seconds(r))
             except httpx.HTTPError:
                 ok = False
             latencies.append(time.perf_counter() - t)
@@ -124,6 +130,7 @@ async def load(base: str, dialogues: list[str], clients: int, per_client: int | 
         "rps": (len(lat) - failures) / wall,  # answered requests per second
         "p50_ms": 1000 * statistics.median(lat),
         "p95_ms": 1000 * lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))],
+        "server_p50_ms": 1000 * statistics.median(server) if server else float("nan"),
         "wall_s": wall,
     }
 
@@ -396,12 +403,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} CPU cores, serve_threads={args.threads}; "
           f"{'quick run: a smoke test, quote no ratio from it' if args.quick else 'full run'}\n{watch.line()}\n"
           "engine ms: the bare engine's median time for one dialogue (the server's backend.generate, in this process, "
-          "no HTTP); overhead: p50 at 1 client minus that")
+          "no HTTP); overhead: p50 at 1 client minus that; in server: the server's own p50 (Server-Timing) minus that")
     print(("NOISY RUN: " if watch.noisy else "") + f"{'config':<13}{'clients':>8}{'requests':>10}{'failed':>8}{'req/s':>9}"
-          f"{'p50 ms':>9}{'p95 ms':>9}{'engine ms':>11}{'overhead':>10}")
+          f"{'p50 ms':>9}{'p95 ms':>9}{'engine ms':>11}{'overhead':>10}{'in server':>11}")
     for name, by_level in results.items():
         for c, r in by_level.items():
-            extra = (f"{engine_ms[name]:>11.0f}{r['p50_ms'] - engine_ms[name]:>+9.0f}ms" if c == 1 else "")
+            extra = (f"{engine_ms[name]:>11.0f}{r['p50_ms'] - engine_ms[name]:>+8.0f}ms"
+                     f"{r['server_p50_ms'] - engine_ms[name]:>+9.0f}ms" if c == 1 else "")
             print(f"{name:<13}{c:>8}{r['requests']:>10}{r['failures']:>8}{r['rps']:>9.2f}{r['p50_ms']:>9.0f}{r['p95_ms']:>9.0f}{extra}")
     if soak:
         print(f"\nsoak: 60 s at 32 clients\n{'config':<13}{'requests':>10}{'failed':>8}{'req/s':>9}{'p95 ms':>9}{'RSS start':>11}{'RSS end':>9}{'growth':>8}")
@@ -423,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         "batched_vs_naive_speedup": ratio("batched", "naive", "rps", top),
         "ct2_vs_batched_speedup": ratio("batched+ct2", "batched", "rps", top),
         "ct2_vs_naive_speedup": ratio("batched+ct2", "naive", "rps", top),
+        "auto_vs_naive_speedup": ratio("batched+auto", "naive", "rps", top),
         "p95_1client_batched_over_naive": ratio("batched", "naive", "p95_ms", 1),
         "p95_1client_ct2_over_naive": ratio("batched+ct2", "naive", "p95_ms", 1),
         "failed_requests": sum(r["failures"] for by in results.values() for r in by.values()),
@@ -432,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
             summary[f"{name}_engine_ms"] = round(engine_ms[name], 1)
             summary[f"{name}_p50_1client_ms"] = round(results[name][1]["p50_ms"], 1)
             summary[f"{name}_server_overhead_ms"] = round(results[name][1]["p50_ms"] - engine_ms[name], 1)
+            summary[f"{name}_in_server_overhead_ms"] = round(results[name][1]["server_p50_ms"] - engine_ms[name], 1)
         for c in levels:
             if c in results[name]:
                 summary[f"{name}_p50_ms@{c}"] = round(results[name][c]["p50_ms"])

@@ -144,10 +144,12 @@ class Params(BaseModel):
         "int8", description="CTranslate2 weights/compute type (converted once into the serving cache, FLANT5_CACHE_DIR); "
         "the ONNX Runtime export follows it (float32 for float32, else int8)."
     )
-    serve_onnx_single: bool = Field(False, description="auto on an x86 CPU: send a lone greedy dialogue to the project's "
-        "int8 ONNX Runtime export (about 1.3x faster than CTranslate2 at batch 1, docs/benchmarks.md) and keep CTranslate2 "
-        "for batches and beam search. Off by default until its agreement with PyTorch is measured on a trained model: "
-        "a dialogue sent alone and the same dialogue sent in a batch can then differ where int8 rounding breaks a near-tie.")
+    serve_onnx_single: bool = Field(True, description="auto on an x86 CPU: send a lone greedy dialogue to the project's "
+        "int8 ONNX Runtime export (exported once at load into the serving cache; models up to 536M parameters) and keep "
+        "CTranslate2 for batches and beam search (a lone summary about 1.8x faster than on CTranslate2, docs/benchmarks.md). Its "
+        "agreement with PyTorch fp32 on a trained model matches CTranslate2 int8's. A dialogue sent alone and the same "
+        "dialogue sent in a batch run on different int8 engines, so they can differ where rounding breaks a near-tie; "
+        "false: CTranslate2 for everything.")
     serve_ct2_split_batches: bool = Field(True, description="CPU: cut each micro-batch into length-sorted sub-batches of 4, decoded "
         "in parallel by one single-threaded CTranslate2 replica per thread (less padding; about 200 MB more memory per thread "
         "for flan-t5-base int8). False: one replica, whole batches.")

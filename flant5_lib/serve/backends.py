@@ -96,7 +96,10 @@ def load_backend(model_dir: str | os.PathLike[str], params: Params, device: str 
     batch = CT2Backend(folder, compute_type=choice.compute_type, device=device, threads=choice.threads,
                        split_batches=params.serve_ct2_split_batches, env=choice.env)
     if choice.single == "onnxruntime" and batch.device == "cpu":
-        from flant5_lib.serve.onnx_engine import OrtBackend, RoutedBackend
+        from flant5_lib.serve.onnx_engine import MAX_PARAMETERS, OrtBackend, RoutedBackend, fits
 
-        return RoutedBackend(batch, OrtBackend(folder, compute_type=ort_compute_type(params), threads=choice.threads))
+        if fits(folder):
+            return RoutedBackend(batch, OrtBackend(folder, compute_type=ort_compute_type(params), threads=choice.threads))
+        log.info("serving backend: CTranslate2 decodes lone dialogues too (the model has more than the %dM parameters "
+                 "the ONNX export's single-file graphs hold)", MAX_PARAMETERS // 10**6)
     return batch

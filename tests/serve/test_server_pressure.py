@@ -36,7 +36,8 @@ def test_overload_is_shed_at_once_and_the_server_keeps_serving(talk_model: Path)
     """One admitted request is held in the model (a gate the test opens), so the queue is full by construction: the
     eleven that follow are refused while it is still running, which is what "at once, not after queueing" means."""
     params = Params(serve_max_queue_dialogues=4, serve_max_instances=4, serve_max_batch_size=4,
-                    serve_max_queue_cost=10**9)  # a fixed cost budget: only the dialogue bound can refuse
+                    serve_max_queue_cost=10**9,  # a fixed cost budget: only the dialogue bound can refuse
+                    serve_onnx_single=False)  # one engine: the lone reference equals the same dialogue in a batch
     app = create_app(ServeSettings(model_dir=str(talk_model), params=params, exit_on_failure=False))
     body = {"instances": [DIALOGUE] * 4, "parameters": {"max_new_tokens": 8}}
 
