@@ -131,6 +131,7 @@ async def load(base: str, dialogues: list[str], clients: int, per_client: int | 
         "p50_ms": 1000 * statistics.median(lat),
         "p95_ms": 1000 * lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))],
         "server_p50_ms": 1000 * statistics.median(server) if server else float("nan"),
+        "mean_ms": 1000 * statistics.fmean(lat),
         "wall_s": wall,
     }
 
@@ -155,6 +156,15 @@ def bare_engine_ms(model: Path, settings: list[str], threads: int, dialogues: li
             times.append(time.perf_counter() - t)
     del backend
     return 1000 * statistics.median(times)
+
+
+def engine_seconds(base: str) -> tuple[float, float]:
+    """(sum, count) of the server's own engine calls so far (`flant5_batch_duration_seconds` on /metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = {s.name: s.value for f in text_string_to_metric_families(httpx.get(base + "/metrics", timeout=30).text)
+             for s in f.samples if s.name.startswith("flant5_batch_duration_seconds_")}
+    return found.get("flant5_batch_duration_seconds_sum", 0.0), found.get("flant5_batch_duration_seconds_count", 0.0)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -386,7 +396,11 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {}
             for c in levels:
                 per_client = -(-per_level // c)  # at least `per_level` requests at every level
+                before = engine_seconds(server.base)
                 results[name][c] = r = asyncio.run(load(server.base, dialogues, c, per_client, args.tokens))
+                after = engine_seconds(server.base)
+                # the engine's own time inside this server for these requests: at 1 client, one call per request
+                r["engine_in_server_ms"] = 1000 * (after[0] - before[0]) / max(after[1] - before[1], 1)
                 print(f"[{name}] {c:>2} clients: {r['rps']:.2f} req/s p50 {r['p50_ms']:.0f} ms "
                       f"p95 {r['p95_ms']:.0f} ms ({r['requests']} requests, {r['failures']} failed)", file=sys.stderr)
             if args.soak and name in args.soak_configs.split(","):
@@ -403,13 +417,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} CPU cores, serve_threads={args.threads}; "
           f"{'quick run: a smoke test, quote no ratio from it' if args.quick else 'full run'}\n{watch.line()}\n"
           "engine ms: the bare engine's median time for one dialogue (the server's backend.generate, in this process, "
-          "no HTTP); overhead: p50 at 1 client minus that; in server: the server's own p50 (Server-Timing) minus that")
+          "no HTTP); overhead: p50 at 1 client minus that; in server: the server's own p50 (Server-Timing) minus that; "
+          "path: mean latency at 1 client minus the mean time of the same requests' engine calls inside the server "
+          "(/metrics), the server's own cost without the engine's process-to-process spread")
     print(("NOISY RUN: " if watch.noisy else "") + f"{'config':<13}{'clients':>8}{'requests':>10}{'failed':>8}{'req/s':>9}"
-          f"{'p50 ms':>9}{'p95 ms':>9}{'engine ms':>11}{'overhead':>10}{'in server':>11}")
+          f"{'p50 ms':>9}{'p95 ms':>9}{'engine ms':>11}{'overhead':>10}{'in server':>11}{'path':>9}")
     for name, by_level in results.items():
         for c, r in by_level.items():
             extra = (f"{engine_ms[name]:>11.0f}{r['p50_ms'] - engine_ms[name]:>+8.0f}ms"
-                     f"{r['server_p50_ms'] - engine_ms[name]:>+9.0f}ms" if c == 1 else "")
+                     f"{r['server_p50_ms'] - engine_ms[name]:>+9.0f}ms"
+                     f"{r['mean_ms'] - r['engine_in_server_ms']:>+7.1f}ms" if c == 1 else "")
             print(f"{name:<13}{c:>8}{r['requests']:>10}{r['failures']:>8}{r['rps']:>9.2f}{r['p50_ms']:>9.0f}{r['p95_ms']:>9.0f}{extra}")
     if soak:
         print(f"\nsoak: 60 s at 32 clients\n{'config':<13}{'requests':>10}{'failed':>8}{'req/s':>9}{'p95 ms':>9}{'RSS start':>11}{'RSS end':>9}{'growth':>8}")
@@ -442,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
             summary[f"{name}_p50_1client_ms"] = round(results[name][1]["p50_ms"], 1)
             summary[f"{name}_server_overhead_ms"] = round(results[name][1]["p50_ms"] - engine_ms[name], 1)
             summary[f"{name}_in_server_overhead_ms"] = round(results[name][1]["server_p50_ms"] - engine_ms[name], 1)
+            summary[f"{name}_engine_in_server_ms"] = round(results[name][1]["engine_in_server_ms"], 1)
+            summary[f"{name}_request_path_ms"] = round(results[name][1]["mean_ms"] - results[name][1]["engine_in_server_ms"], 1)
         for c in levels:
             if c in results[name]:
                 summary[f"{name}_p50_ms@{c}"] = round(results[name][c]["p50_ms"])

@@ -146,7 +146,7 @@ class Params(BaseModel):
     )
     serve_onnx_single: bool = Field(True, description="auto on an x86 CPU: send a lone greedy dialogue to the project's "
         "int8 ONNX Runtime export (exported once at load into the serving cache; models up to 536M parameters) and keep "
-        "CTranslate2 for batches and beam search (a lone summary about 1.8x faster than on CTranslate2, docs/benchmarks.md). Its "
+        "CTranslate2 for batches and beam search (a lone summary about 1.6x faster than on CTranslate2, docs/benchmarks.md). Its "
         "agreement with PyTorch fp32 on a trained model matches CTranslate2 int8's. A dialogue sent alone and the same "
         "dialogue sent in a batch run on different int8 engines, so they can differ where rounding breaks a near-tie; "
         "false: CTranslate2 for everything.")
