@@ -301,8 +301,8 @@ class OrtBackend:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # its optimizer's notices are not the operator's business
-        # Idle pool threads sleep instead of spinning: a spinning worker takes the core the next op needs (2 cores,
-        # flan-t5-base shape, batch 1: 187 ms a summary against 220 ms spinning, docs/benchmarks.md).
+        # Idle pool threads sleep instead of spinning: a spinning worker takes the core the next op needs
+        # (benchmarks/profile_batch1.py, 2 cores, flan-t5-base shape: 183 ms a summary against 254 ms spinning).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._ort = ort
         self.encoder, self.cross, self.step = (
